@@ -1,0 +1,2 @@
+"""cacstream."""
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""Typed configuration for scoring. Every knob here is recorded in the report.
+
+The defaults are the convention in DESIGN.md (Agatston 1990 as used by COCA and DINO-LG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class AgatstonConfig:
+    """Knobs of the Agatston / volume / mass computation.
+
+    Attributes:
+        threshold_hu: voxels at or above this HU are calcium candidates (130 in the standard).
+        connectivity: 2D connectivity of lesions within a slice: 8 (default) or 4.
+        min_area_mm2: lesions smaller than this are dropped as noise (1 mm² standard).
+        weight_thresholds_hu: lower HU bounds of density weights 1, 2, 3, 4 (peak HU of the lesion).
+        reference_thickness_mm: the total is scaled by effective thickness / this (3 mm standard).
+        normalise_thickness: apply that scaling at all (off reproduces the raw sum of lesion scores).
+        mass_calibration_mg_per_hu_cm3: mass = mean HU × volume × factor; None means mass is not
+            reported (a factor is only valid for a scanner calibrated with a phantom).
+    """
+
+    threshold_hu: float = 130.0
+    connectivity: Literal[4, 8] = 8
+    min_area_mm2: float = 1.0
+    weight_thresholds_hu: tuple[float, float, float, float] = (130.0, 200.0, 300.0, 400.0)
+    reference_thickness_mm: float = 3.0
+    normalise_thickness: bool = True
+    mass_calibration_mg_per_hu_cm3: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.connectivity not in (4, 8):
+            raise ValueError(f"connectivity must be 4 or 8, got {self.connectivity}")
+        if self.min_area_mm2 < 0:
+            raise ValueError(f"min_area_mm2 must be >= 0, got {self.min_area_mm2}")
+        w = self.weight_thresholds_hu
+        if len(w) != 4 or any(b <= a for a, b in zip(w, w[1:])):
+            raise ValueError(f"weight_thresholds_hu must be 4 increasing HU values, got {w}")
+        if self.reference_thickness_mm <= 0:
+            raise ValueError("reference_thickness_mm must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form for the report."""
+        d = dataclasses.asdict(self)
+        d["weight_thresholds_hu"] = list(self.weight_thresholds_hu)
+        return d
+
+
+@dataclass(frozen=True)
+class EligibilityConfig:
+    """Which series the engine scores. A series outside these bounds is rejected with a reason.
+
+    Attributes:
+        max_gantry_tilt_deg: axial means the slice normal is within this angle of the patient z axis.
+        min_slices: series shorter than this cannot cover the heart.
+        max_slice_thickness_mm: Agatston is defined for thin (≤ 5 mm typical) reconstructions.
+        min_slice_thickness_mm: below this, the series is a thin reconstruction and not a scoring series
+            (still scored by default: 0 disables the check).
+        increment_tolerance: relative tolerance of slice-increment regularity before a gap counts as a
+            missing slice.
+    """
+
+    max_gantry_tilt_deg: float = 1.0
+    min_slices: int = 8
+    max_slice_thickness_mm: float = 6.0
+    min_slice_thickness_mm: float = 0.0
+    increment_tolerance: float = 0.2
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything `cacstream score` needs, gathered in one typed object."""
+
+    mode: Literal["model", "threshold"] = "model"
+    agatston: AgatstonConfig = field(default_factory=AgatstonConfig)
+    eligibility: EligibilityConfig = field(default_factory=EligibilityConfig)
+    weights_dir: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 16
+    decode_threads: int = 0  # 0 = one per core

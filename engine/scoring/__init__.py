@@ -1,0 +1,1 @@
+"""Calcium scoring: Numba connected components, Agatston, volume and mass."""

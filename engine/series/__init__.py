@@ -1,0 +1,1 @@
+"""Finding, grouping, ordering and decoding CT series (header-first, pixels on demand)."""

@@ -1,0 +1,1 @@
+"""cacstream.kernels"""
