@@ -54,6 +54,10 @@ class SliceHeader:
     transfer_syntax_uid: str = ""
     acquisition: AcquisitionInfo = field(default_factory=AcquisitionInfo)
     series_description: str = ""
+    gantry_tilt_deg: float | None = None  # GantryDetectorTilt, when the file states it
+    # True when the file has no SeriesInstanceUID (some de-identified exports) and series_instance_uid
+    # was derived from folder + SeriesNumber + StudyInstanceUID (a deterministic 2.25.* UID).
+    series_uid_derived: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
