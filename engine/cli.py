@@ -17,6 +17,15 @@ from cacstream import __version__
 #: Command modules, in the order ``--help`` lists them. Add a line when a command lands.
 COMMAND_MODULES: tuple[str, ...] = (
     "cacstream.engine.commands.score",
+    "cacstream.engine.commands.bench",
+    "cacstream.training.commands.train",
+    "cacstream.training.commands.export",
+    "cacstream.training.commands.phantom",
+    "cacstream.engine.commands.watch",
+    "cacstream.engine.commands.replay",
+    "cacstream.engine.commands.demo",
+    "cacstream.engine.commands.build_engines",
+    "cacstream.calibration.commands",
 )
 
 

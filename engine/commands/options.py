@@ -1,0 +1,94 @@
+"""Option groups shared by `score`, `watch` and `demo`, so one flag means one thing everywhere."""
+
+from __future__ import annotations
+
+import argparse
+
+from cacstream.engine.config import AgatstonConfig, EligibilityConfig
+
+_A = AgatstonConfig()
+_E = EligibilityConfig()
+
+
+def add_mode_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("models")
+    g.add_argument(
+        "--mode",
+        choices=("model", "threshold"),
+        default="model",
+        help="model: the DINO-LG slice filter and the per-artery U-Net decide what is coronary calcium "
+        "(recommended for patients). threshold: every lesion >= 130 HU in the whole slice counts, bone "
+        "included, no models (phantoms and QA only).",
+    )
+    g.add_argument(
+        "--weights",
+        default=None,
+        metavar="DIR",
+        help="weights folder (config.json + *.safetensors [+ *.onnx]). Default: $CACSTREAM_WEIGHTS, "
+        "else the weights shipped with the package.",
+    )
+    g.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime", "tensorrt"),
+        default="auto",
+        help="inference backend; auto picks the fastest present (TensorRT > ONNX Runtime > PyTorch).",
+    )
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "int8"),
+        default="fp32",
+        help="numeric precision of the models. fp32 on CPU; fp16 on GPUs; int8 only with a "
+        "calibrated Q/DQ model whose evaluate report passed.",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="slices per model call; larger is faster on GPUs, 8-16 is best on a CPU workstation.",
+    )
+
+
+def add_agatston_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("Agatston convention (every value is recorded in the report)")
+    g.add_argument("--threshold-hu", type=float, default=_A.threshold_hu,
+                   help="calcium threshold in HU; 130 is the Agatston standard, change only for research.")
+    g.add_argument("--connectivity", type=int, choices=(4, 8), default=_A.connectivity,
+                   help="2D connectivity of a lesion within a slice; 8 is the common convention.")
+    g.add_argument("--min-area-mm2", type=float, default=_A.min_area_mm2,
+                   help="lesions smaller than this are noise; 1 mm² is standard.")
+    g.add_argument("--reference-thickness-mm", type=float, default=_A.reference_thickness_mm,
+                   help="the total is scaled by effective slice thickness / this; 3 mm is standard.")
+    g.add_argument("--no-thickness-normalisation", action="store_true",
+                   help="report the raw sum of lesion scores, without the thickness/3 mm scaling.")
+    g.add_argument("--mass-calibration", type=float, default=None, metavar="MG_PER_HU_CM3",
+                   help="scanner calibration factor for the mass score (from a calibration phantom); "
+                   "mass is only reported when this is given.")
+
+
+def add_eligibility_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("series eligibility")
+    g.add_argument("--max-tilt-deg", type=float, default=_E.max_gantry_tilt_deg,
+                   help="reject series whose slices are tilted more than this from axial.")
+    g.add_argument("--min-slices", type=int, default=_E.min_slices,
+                   help="reject series with fewer slices (too short to cover the heart).")
+    g.add_argument("--max-thickness-mm", type=float, default=_E.max_slice_thickness_mm,
+                   help="reject series with thicker slices; Agatston is defined for ≤ 3-5 mm.")
+
+
+def agatston_config_from_args(args: argparse.Namespace) -> AgatstonConfig:
+    return AgatstonConfig(
+        threshold_hu=args.threshold_hu,
+        connectivity=args.connectivity,
+        min_area_mm2=args.min_area_mm2,
+        reference_thickness_mm=args.reference_thickness_mm,
+        normalise_thickness=not args.no_thickness_normalisation,
+        mass_calibration_mg_per_hu_cm3=args.mass_calibration,
+    )
+
+
+def eligibility_config_from_args(args: argparse.Namespace) -> EligibilityConfig:
+    return EligibilityConfig(
+        max_gantry_tilt_deg=args.max_tilt_deg,
+        min_slices=args.min_slices,
+        max_slice_thickness_mm=args.max_thickness_mm,
+    )

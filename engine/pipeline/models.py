@@ -1,0 +1,80 @@
+"""The models as pipeline stages: slice filter and segmenter over batches of HU slices from any series.
+
+A thin layer over ``cacstream.engine.inference.runtime.CalciumModels`` (docs/CONTRACTS.md, "Model
+runtime"): it loads the weights once per process and groups a batch by slice size, because slices of
+different series (512², 768², …) may share a batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cacstream.engine.config import ScoreConfig
+from cacstream.engine.report.json_report import ModelInfo
+
+
+class ModelsUnavailable(RuntimeError):
+    """Model mode cannot run here (no weights, or no model runtime in this build); the message says why."""
+
+
+def _by_shape(slices: list[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, s in enumerate(slices):
+        groups[tuple(s.shape)].append(i)
+    return groups
+
+
+@dataclass
+class ModelStages:
+    """Slice filter + segmenter of one loaded weights folder."""
+
+    runtime: Any  # CalciumModels
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.runtime.info
+
+    @property
+    def filter_threshold(self) -> float:
+        return float(self.runtime.filter_threshold)
+
+    def filter_probabilities(self, hu_slices: list[np.ndarray]) -> np.ndarray:
+        """Probability that each slice holds coronary calcium, (N,) float."""
+        out = np.zeros(len(hu_slices), dtype=np.float64)
+        for idx in _by_shape(hu_slices).values():
+            stack = np.stack([hu_slices[i] for i in idx]).astype(np.float32, copy=False)
+            out[idx] = np.asarray(self.runtime.filter_probabilities(stack), dtype=np.float64).reshape(-1)
+        return out
+
+    def segment(self, hu_slices: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 artery labels (0 background, 1..4) per slice, at each slice's own size."""
+        out: list[np.ndarray | None] = [None] * len(hu_slices)
+        for idx in _by_shape(hu_slices).values():
+            stack = np.stack([hu_slices[i] for i in idx]).astype(np.float32, copy=False)
+            labels = np.asarray(self.runtime.segment(stack))
+            for j, i in enumerate(idx):
+                out[i] = labels[j].astype(np.uint8, copy=False)
+        return out  # type: ignore[return-value]
+
+
+def load_models(config: ScoreConfig) -> ModelStages:
+    """Load the weights named by the config (``--weights``, $CACSTREAM_WEIGHTS, packaged default)."""
+    from cacstream.engine.weights_location import WeightsNotFound, resolve_weights_dir
+
+    try:
+        weights = resolve_weights_dir(config.weights_dir)
+    except WeightsNotFound as exc:
+        raise ModelsUnavailable(str(exc)) from None
+    try:
+        from cacstream.engine.inference.runtime import CalciumModels
+    except ImportError as exc:
+        raise ModelsUnavailable(
+            f"weights found at {weights}, but the model runtime is not part of this build ({exc}); "
+            "use --mode threshold") from None
+    runtime = CalciumModels.load(weights, backend=config.backend, precision=config.precision,
+                                 batch_size=config.batch_size)
+    return ModelStages(runtime)

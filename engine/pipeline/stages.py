@@ -1,0 +1,143 @@
+"""The per-slice work every scoring path shares: decode → HU → (filter → segment) → lesions.
+
+`cacstream score` and `cacstream watch` both score a series slice by slice with these functions, so
+they cannot disagree. A slice is scored before its series is complete, i.e. before its final slice
+index, z position and the series' slice increment are known: lesions are computed with a provisional
+index 0, z 0 and voxel depth 1 mm, and :func:`place_lesions` (in ``finalize``) puts them in place once
+the series geometry exists. The pixel area comes from the slice's own header, which equals the
+series' (eligibility requires consistent pixel spacing).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from cacstream.engine.config import AgatstonConfig
+from cacstream.engine.domain import ARTERY_LABEL
+from cacstream.engine.scoring.results import Lesion
+from cacstream.engine.series.types import SliceHeader
+
+#: Label-map value of a lesion that has no artery (threshold mode: every calcium pixel of the slice).
+UNASSIGNED_LABEL = 255
+
+
+@dataclass(frozen=True)
+class SliceJob:
+    """One image plane to score. ``generation`` lets a re-opened series ignore stale results."""
+
+    series_uid: str
+    header: SliceHeader
+    generation: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.header.key
+
+
+@dataclass
+class SliceOutcome:
+    """What the pipeline learnt about one slice (provisional geometry, see module docstring).
+
+    ``label_map``: uint8 (rows, columns) holding, for every pixel of a kept lesion, the lesion's artery
+    label (1..4, or :data:`UNASSIGNED_LABEL` in threshold mode); None when the slice has no lesion.
+    ``flagged``: the slice filter's decision (None in threshold mode). ``error``: why the slice could
+    not be scored (the series then fails with that reason).
+    """
+
+    job: SliceJob
+    lesions: list[Lesion] = field(default_factory=list)
+    label_map: np.ndarray | None = None
+    flagged: bool | None = None
+    probability: float | None = None
+    error: BaseException | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.job.key
+
+
+def decode_hu(header: SliceHeader) -> np.ndarray:
+    """float32 HU of one plane: exactly what ``read_volume`` puts in the volume for that plane."""
+    from cacstream.engine.series import decode_stored, to_hu
+
+    return to_hu(decode_stored(header), header)
+
+
+def pixel_spacing(header: SliceHeader) -> tuple[float, float]:
+    if header.pixel_spacing_mm is None:
+        raise ValueError(f"{header.path}: no PixelSpacing, the lesion areas cannot be measured")
+    return (float(header.pixel_spacing_mm[0]), float(header.pixel_spacing_mm[1]))
+
+
+def lesions_of_slice(
+    hu2d: np.ndarray, labels2d: np.ndarray | None, header: SliceHeader, config: AgatstonConfig
+) -> list[Lesion]:
+    """Lesions of one plane with provisional placement (index 0, z 0, voxel depth 1 mm)."""
+    from cacstream.engine.scoring.agatston import slice_lesions
+
+    return slice_lesions(hu2d, labels2d, pixel_spacing(header), 0, 0.0, 1.0, config)
+
+
+def lesion_label_map(
+    hu2d: np.ndarray,
+    labels2d: np.ndarray | None,
+    lesions: list[Lesion],
+    header: SliceHeader,
+    config: AgatstonConfig,
+) -> np.ndarray | None:
+    """Pixels of the kept lesions, each set to its lesion's artery label (for the SEG and key image).
+
+    The components are labelled again with the same Numba labeller; its components come in the same
+    raster order as the lesions (first pixel, row-major), and are kept with the same float64 area rule.
+    The pixel counts are checked against the lesions, so a mask can never silently disagree with a score.
+    """
+    if not lesions:
+        return None
+    from cacstream.engine.scoring.agatston import label_slice
+
+    ps = pixel_spacing(header)
+    pixel_area = ps[0] * ps[1]
+    fg = np.asarray(hu2d, dtype=np.float64) >= np.float64(config.threshold_hu)
+    if labels2d is not None:
+        fg &= np.asarray(labels2d) > 0
+    lab, n = label_slice(fg, config.connectivity)
+    counts = np.bincount(lab.ravel(), minlength=n + 1)
+    kept = [k for k in range(1, n + 1) if float(counts[k]) * pixel_area >= config.min_area_mm2]
+    if len(kept) != len(lesions) or any(int(counts[k]) != les.n_pixels for k, les in zip(kept, lesions)):
+        raise RuntimeError(f"{header.path}: lesion mask does not match the lesion table "
+                           f"({len(kept)} components kept, {len(lesions)} lesions)")
+    lut = np.zeros(n + 1, dtype=np.uint8)
+    for k, les in zip(kept, lesions):
+        lut[k] = ARTERY_LABEL[les.artery] if les.artery is not None else UNASSIGNED_LABEL
+    return lut[lab]
+
+
+def score_slice(
+    job: SliceJob,
+    hu2d: np.ndarray,
+    labels2d: np.ndarray | None,
+    config: AgatstonConfig,
+    *,
+    with_mask: bool = True,
+    flagged: bool | None = None,
+    probability: float | None = None,
+    timings_ms: dict[str, float] | None = None,
+) -> SliceOutcome:
+    """The Agatston stage of one plane: lesions (+ their label map when ``with_mask``)."""
+    t0 = time.perf_counter()
+    timings = dict(timings_ms or {})
+    lesions = lesions_of_slice(hu2d, labels2d, job.header, config)
+    label_map = lesion_label_map(hu2d, labels2d, lesions, job.header, config) if with_mask else None
+    timings["agatston"] = timings.get("agatston", 0.0) + (time.perf_counter() - t0) * 1e3
+    return SliceOutcome(job=job, lesions=lesions, label_map=label_map, flagged=flagged,
+                        probability=probability, timings_ms=timings)
+
+
+def place_lesion(lesion: Lesion, slice_index: int, z_mm: float, voxel_depth_mm: float) -> Lesion:
+    """Give a provisionally scored lesion its final slice index, z and volume (area × voxel depth)."""
+    return replace(lesion, slice_index=int(slice_index), z_mm=float(z_mm),
+                   volume_mm3=float(lesion.area_mm2 * float(voxel_depth_mm)))

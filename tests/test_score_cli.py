@@ -1,0 +1,98 @@
+"""`cacstream score PATH --out DIR`: the contract (reports, SR/SEG/key image, ledger, run summary), the
+documented exit codes, and scores equal to the whole-volume reference."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cacstream.engine.cli import main
+from cacstream.engine.scoring.agatston import score_volume
+from cacstream.engine.series import read_volume, scan_path
+
+from _stream_series import make_hu, write_series
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("score-src")
+    write_series(root / "one", 61, n_slices=10)
+    write_series(root / "two" / "nested", 62, n_slices=9, thickness_mm=2.0, spacing_mm=0.5)
+    write_series(root / "short", 63, n_slices=4)
+    (root / "junk.dcm").write_bytes(b"\x00garbage" * 50)
+    return root
+
+
+def test_scores_every_eligible_series_and_writes_the_contract(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["score", str(folder), "--out", str(out), "--mode", "threshold", "--quiet"]) == 0
+    summary = json.loads((out / "run-summary.json").read_text())
+    assert summary["counts"] == {"scored": 2, "rejected": 1, "failed": 0, "skipped_files": 1}
+    assert summary["skipped_files"][0]["reason"] == "not_dicom"
+    scan = scan_path(folder)
+    for series in scan.series:
+        report = json.loads((out / f"{series.uid}.json").read_text())
+        ref = score_volume(read_volume(series).hu, series.geometry)
+        assert report["status"] == "scored" and report["mode"] == "threshold"
+        assert report["agatston_total"] == pytest.approx(ref.agatston_total, abs=1e-4)
+        assert len(report["lesions"]) == len(ref.lesions)
+        assert report["slices_total"] == len(series.slices) and report["slices_flagged"] is None
+        assert {"decode", "agatston", "summarise"} <= set(report["timings_ms"])
+        for kind, suffix in (("sr", ".sr.dcm"), ("seg", ".seg.dcm"), ("key_image", ".key.png")):
+            assert report["artifacts"][kind] == f"{series.uid}{suffix}" and (out / f"{series.uid}{suffix}").is_file()
+    rejected = json.loads((out / f"{scan.rejected[0].uid}.json").read_text())
+    assert rejected["status"] == "rejected" and rejected["reason"] == "too_few_slices"
+    assert not (out / f"{scan.rejected[0].uid}.sr.dcm").exists()
+    with open(out / "ledger.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["status"] for r in rows) == ["rejected", "scored", "scored"]
+    assert not (out / ".staging").exists() or not any((out / ".staging").iterdir())
+
+
+def test_output_switches(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["score", str(folder / "one"), "--out", str(out), "--mode", "threshold", "--quiet", "--no-sr",
+                 "--no-seg", "--no-key-image"]) == 0
+    assert sorted(p.suffix for p in out.iterdir() if p.is_file()) == [".csv", ".json", ".json"]
+
+
+def test_exit_codes_nothing_to_score_and_missing_weights(folder: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    assert main(["score", str(folder / "short"), "--out", str(tmp_path / "a"), "--mode", "threshold", "--quiet"]) == 3
+    assert main(["score", str(tmp_path / "nope"), "--out", str(tmp_path / "b"), "--mode", "threshold", "--quiet"]) == 3
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    monkeypatch.setenv("CACSTREAM_WEIGHTS", str(empty))
+    assert main(["score", str(folder), "--out", str(tmp_path / "c"), "--mode", "model", "--quiet"]) == 5
+
+
+def test_a_series_that_fails_to_decode_exits_4_and_is_reported_with_the_reason(tmp_path: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    from cacstream.training.dicom_writer import available_transfer_syntaxes, write_ct_series
+
+    if "rle" not in available_transfer_syntaxes():
+        pytest.skip("no RLE encoder installed")
+    src = tmp_path / "src"
+    paths = write_ct_series(make_hu(64, 9, 32), src, pixel_spacing_mm=(0.7, 0.7), slice_thickness_mm=3.0,
+                            transfer_syntax="rle", series_uid=generate_uid())
+    write_series(src / "good", 65, n_slices=9)
+    data = bytearray(paths[3].read_bytes())
+    items = [i for i in range(len(data) - 4) if data[i:i + 4] == b"\xfe\xff\x00\xe0"]
+    start = items[1] + 8  # the first fragment after the basic offset table
+    data[start:start + 64] = b"\x00" * 64  # RLE header: 0 segments, same length, so the header scan passes
+    paths[3].write_bytes(bytes(data))
+    out = tmp_path / "out"
+    assert main(["score", str(src), "--out", str(out), "--mode", "threshold", "--quiet"]) == 4
+    summary = json.loads((out / "run-summary.json").read_text())
+    assert summary["counts"]["scored"] == 1 and summary["counts"]["failed"] == 1
+    failed = summary["failed"][0]
+    report = json.loads((out / f"{failed['series_instance_uid']}.json").read_text())
+    assert report["status"] == "rejected" and report["reason"] in ("decode_failed", "truncated", "unsupported_transfer_syntax")
+    assert str(paths[3]) in report["reason_message"]
+    assert (out / "errors" / f"{failed['series_instance_uid']}.txt").is_file()
+    assert np.isfinite(json.loads((out / f"{summary['scored'][0]['series_instance_uid']}.json").read_text())
+                       ["agatston_total"])
