@@ -1,0 +1,113 @@
+"""The naive serial baseline of ``bench pipeline``: how a first prototype would score a series.
+
+pydicom ``dcmread`` of every file → numpy HU (pixel_array × slope + intercept) → slices sorted by
+position → one slice at a time through the slice filter AND the U-Net in PyTorch eager (no batching,
+no slice filter decision: every slice is segmented) → argmax → nearest resize back →
+``scipy.ndimage.label`` per slice → Agatston. Same models, same preprocessing semantics (training's torch
+reference), same Agatston convention as the engine: only the engineering differs, so the speedup the
+benchmark reports is the engine's, not a different algorithm's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cacstream.engine.config import AgatstonConfig
+
+
+@dataclass
+class NaiveResult:
+    agatston_total: float
+    slices: int
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    total_ms: float = 0.0
+
+
+@dataclass
+class NaiveModels:
+    """The PyTorch modules (eval mode, CPU) and preprocessing of a weights folder."""
+
+    filter_model: Any
+    segmenter_model: Any
+    filter_cfg: Any
+    segmenter_cfg: Any
+    threshold: float
+
+    @classmethod
+    def load(cls, weights_dir: Path) -> NaiveModels:
+        from cacstream.training.weights import load_weights
+
+        b = load_weights(weights_dir)
+        assert b.slice_filter is not None and b.segmenter is not None
+        return cls(b.slice_filter.model.eval(), b.segmenter.model.eval(), b.slice_filter.preprocess,
+                   b.segmenter.preprocess, b.slice_filter.threshold)
+
+
+def _agatston_scipy(hu: np.ndarray, labels: np.ndarray, pixel_area: float, factor: float, cfg: AgatstonConfig) -> float:
+    """Per slice: scipy.ndimage.label of (HU ≥ threshold & label > 0), area ≥ min, weight by peak HU."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), bool) if cfg.connectivity == 8 else None
+    t = cfg.weight_thresholds_hu
+    total = 0.0
+    for k in range(hu.shape[0]):
+        mask = (hu[k] >= cfg.threshold_hu) & (labels[k] > 0)
+        lab, n = ndimage.label(mask, structure=structure)
+        for j in range(1, n + 1):
+            comp = lab == j
+            area = float(comp.sum()) * pixel_area
+            if area < cfg.min_area_mm2:
+                continue
+            peak = float(hu[k][comp].max())
+            w = 1 + (peak >= t[1]) + (peak >= t[2]) + (peak >= t[3])
+            total += area * w
+    return total * factor
+
+
+def score_naive(files: list[Path], models: NaiveModels, cfg: AgatstonConfig = AgatstonConfig()) -> NaiveResult:
+    import pydicom
+    import torch
+    import torch.nn.functional as F
+
+    from cacstream.training.datasets.preprocess import preprocess_slices
+
+    st: dict[str, float] = {"read_decode": 0.0, "filter": 0.0, "segment": 0.0, "agatston": 0.0}
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    items = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(
+            getattr(ds, "RescaleIntercept", 0))
+        items.append((float(ds.ImagePositionPatient[2]), hu, ds))
+    items.sort(key=lambda x: x[0])
+    hu_vol = np.stack([h for _, h, _ in items])
+    ds0 = items[0][2]
+    ps = [float(v) for v in ds0.PixelSpacing]
+    z = [p for p, _, _ in items]
+    increment = float(np.median(np.diff(z))) if len(z) > 1 else float(ds0.SliceThickness)
+    eff = min(float(ds0.SliceThickness), abs(increment))
+    st["read_decode"] = (time.perf_counter() - t0) * 1e3
+    labels = np.zeros(hu_vol.shape, np.uint8)
+    with torch.no_grad():
+        for k in range(hu_vol.shape[0]):
+            t0 = time.perf_counter()
+            x = preprocess_slices(hu_vol[k], models.filter_cfg)
+            p = torch.sigmoid(models.filter_model(x)).item()  # computed, but every slice is segmented anyway
+            st["filter"] += (time.perf_counter() - t0) * 1e3
+            t0 = time.perf_counter()
+            xs = preprocess_slices(hu_vol[k], models.segmenter_cfg)
+            lab = models.segmenter_model(xs).argmax(dim=1)
+            lab = F.interpolate(lab[:, None].float(), size=hu_vol.shape[1:], mode="nearest-exact")[0, 0]
+            labels[k] = lab.to(torch.uint8).numpy()
+            st["segment"] += (time.perf_counter() - t0) * 1e3
+            del p
+    t0 = time.perf_counter()
+    total = _agatston_scipy(hu_vol, labels, ps[0] * ps[1], eff / cfg.reference_thickness_mm, cfg)
+    st["agatston"] = (time.perf_counter() - t0) * 1e3
+    return NaiveResult(total, int(hu_vol.shape[0]), st, (time.perf_counter() - t_all) * 1e3)

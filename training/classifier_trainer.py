@@ -1,0 +1,316 @@
+"""Slice classifier on frozen DINO-LG features (paper §3.3): one linear layer, weighted BCE (positive
+weight = n_negative / n_positive of the training split, 9.0 in the paper), Adam 1e-4 with weight decay
+1e-4, at most 10 epochs, early stopping on validation F1 with patience 3.
+
+Then the operating threshold is chosen on the validation split for a target sensitivity (default 0.98):
+the filter must not drop calcified slices, while a false positive only costs one segmenter pass. The
+threshold, the validation and test metrics at it, and the feature read-out go into ``run.json`` and from
+there into the weights' ``config.json``.
+
+Without augmentation (the CPU default) the frozen backbone's features are computed once per split and
+cached, so each epoch costs one pass of a linear layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from cacstream.kernels.config import PreprocessConfig
+from cacstream.training.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    prefixed,
+    rng_from_tensors,
+    rng_to_tensors,
+    save_checkpoint,
+    unprefixed,
+)
+from cacstream.training.config import ClassifierConfig
+from cacstream.training.datasets.slices import ClassifierSliceDataset, select_slices
+from cacstream.training.datasets.splits import Split
+from cacstream.training.metrics import binary_metrics, roc_auc, threshold_for_sensitivity
+from cacstream.training.metrics_log import MetricsLog
+from cacstream.training.models.classifier import FeatureSpec, LinearHead, SliceFilter, extract_features
+from cacstream.training.models.registry import create_model
+from cacstream.training.models.vit import VisionTransformer
+from cacstream.training.runtime import (
+    MODEL_FILE,
+    RUN_RECORD_FILE,
+    SPLIT_FILE,
+    TrainResult,
+    autocast,
+    data_summary,
+    epoch_seed,
+    is_main,
+    load_data,
+    progress,
+    runtime_scope,
+    write_json,
+    write_run_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as input of the next stage (message names the file)."""
+
+
+def read_run_record(run_dir: Path, stage: str) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_RECORD_FILE
+    if not path.is_file():
+        raise RunError(f"{path}: not found — is {run_dir} a finished `cacstream train {stage}` run?")
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path}: unreadable ({e})") from None
+    if rec.get("stage") != stage or not rec.get("finished"):
+        raise RunError(f"{path}: a {rec.get('stage')!r} run (finished={rec.get('finished')}), expected a finished {stage!r} run")
+    return rec
+
+
+def load_backbone_run(run_dir: Path) -> tuple[VisionTransformer, PreprocessConfig, dict[str, Any]]:
+    """The teacher backbone of a finished DINO run, its preprocessing and its run record."""
+    rec = read_run_record(run_dir, "dino")
+    model = create_model(rec["arch"], **rec.get("arch_kwargs", {}))
+    if not isinstance(model, VisionTransformer):
+        raise RunError(f"{run_dir}: {rec['arch']} is not a ViT")
+    path = Path(run_dir) / rec.get("weights", MODEL_FILE)
+    try:
+        sd = load_file(str(path))
+    except (OSError, Exception) as e:  # safetensors raises its own error type
+        raise RunError(f"{path}: cannot read backbone weights ({e})") from None
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{path}: weights do not fit {rec['arch']} {rec.get('arch_kwargs')}: "
+                       f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model, PreprocessConfig.from_dict(rec["preprocess"]), rec
+
+
+@torch.no_grad()
+def compute_features(backbone: VisionTransformer, dataset: ClassifierSliceDataset, spec: FeatureSpec,
+                     device: torch.device, precision: str, batch_size: int, bar: Any, label: str) -> tuple[Tensor, Tensor]:
+    """Frozen features and targets of every slice of ``dataset`` (float32 on the CPU)."""
+    backbone.eval()
+    feats, targets = [], []
+    task = bar.add_task(f"features {label}", total=len(dataset), info="")
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        with autocast(device, precision):
+            f = extract_features(backbone, x.to(device), spec)
+        feats.append(f.float().cpu())
+        targets.append(y.float())
+        bar.update(task, advance=len(y))
+    bar.remove_task(task)
+    dim = spec.dim(backbone.embed_dim)
+    return (torch.cat(feats) if feats else torch.zeros(0, dim)), (torch.cat(targets) if targets else torch.zeros(0))
+
+
+def _evaluate(head: LinearHead, feats: Tensor, targets: Tensor, pos_weight: float, device: torch.device) -> dict[str, float]:
+    if not len(targets):
+        return {}
+    head.eval()
+    with torch.no_grad():
+        logits = head(feats.to(device)).float().cpu()
+    loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor(pos_weight))
+    probs = torch.sigmoid(logits).numpy()
+    m = binary_metrics(probs, targets.numpy(), 0.5)
+    return {"loss": float(loss), "f1": m["f1"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+            "auc": roc_auc(probs, targets.numpy())}
+
+
+def _probs(head: LinearHead, feats: Tensor, device: torch.device) -> np.ndarray:
+    head.eval()
+    with torch.no_grad():
+        return torch.sigmoid(head(feats.to(device)).float()).cpu().numpy()
+
+
+def _split_overlap(dino_run: Path, split: Split) -> list[str]:
+    """Classifier val/test patients that DINO trained on (self-supervised, but still seen)."""
+    path = Path(dino_run) / SPLIT_FILE
+    if not path.is_file():
+        return []
+    dino_train = set(Split.load(path).train)
+    return sorted(dino_train & (set(split.val) | set(split.test)))
+
+
+def train_classifier(cfg: ClassifierConfig, run_dir: Path, *, resume: bool = False,
+                     stop_after_epochs: int | None = None, quiet: bool = False,
+                     command: Sequence[str] | None = None) -> TrainResult:
+    """Train (or resume) the linear slice classifier into ``run_dir``."""
+    with runtime_scope(cfg.runtime) as device:
+        return _train_classifier(cfg, Path(run_dir), device, resume=resume, stop_after_epochs=stop_after_epochs,
+                                  quiet=quiet, command=command)
+
+
+def _train_classifier(cfg: ClassifierConfig, run_dir: Path, device: torch.device, *, resume: bool,
+                      stop_after_epochs: int | None, quiet: bool, command: Sequence[str] | None) -> TrainResult:
+    if resume and not has_checkpoint(run_dir):
+        raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
+    if not resume and has_checkpoint(run_dir):
+        raise FileExistsError(f"{run_dir}: holds a checkpoint already; pass --resume or choose another --out")
+    if is_main():
+        write_run_config(run_dir, "classifier", cfg, command, resume)
+    seed = cfg.runtime.seed
+    torch.manual_seed(seed)
+    backbone, preprocess, dino_rec = load_backbone_run(Path(cfg.backbone))
+    backbone = backbone.to(device).eval()
+    for p in backbone.parameters():
+        p.requires_grad = False
+    spec = FeatureSpec(cfg.feature_mode, cfg.n_last_blocks, cfg.avgpool)
+
+    loaded = load_data(cfg.data, run_dir, quiet)
+    overlap = _split_overlap(Path(cfg.backbone), loaded.split)
+    if overlap:
+        log.warning("%d validation/test patients were in the DINO training split: %s", len(overlap), overlap[:5])
+    sets: dict[str, ClassifierSliceDataset] = {}
+    for name in ("train", "val", "test"):
+        cases = [c for c in loaded.cases_of(name) if c.labelled]
+        refs = select_slices(cases, cfg.data, labelled_only=True, seed=seed)
+        sets[name] = ClassifierSliceDataset(cases, refs, preprocess, augment=(cfg.augment and name == "train"),
+                                            crop_scale=(cfg.crop_scale[0], cfg.crop_scale[1]), seed=seed)
+    y_train = sets["train"].targets()
+    n_pos, n_neg = int(y_train.sum()), int(len(y_train) - y_train.sum())
+    if not len(y_train) or not n_pos or not n_neg:
+        raise ValueError(f"the training split needs calcified and calcium-free labelled slices (has {n_pos} and {n_neg})")
+    if not len(sets["val"]):
+        raise ValueError("the validation split has no labelled slices: early stopping and the threshold need them")
+    pos_weight = cfg.pos_weight or n_neg / n_pos
+
+    head = LinearHead(spec.dim(backbone.embed_dim)).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    mlog = MetricsLog(run_dir, f"linear slice classifier on {dino_rec['arch']} ({spec.mode})")
+    start_epoch, best_f1, bad_epochs, stopped_early = 0, -1.0, 0, False
+    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    if resume:
+        tensors, meta = load_checkpoint(run_dir)
+        if meta.get("stage") != "classifier":
+            raise ValueError(f"{run_dir}: checkpoint is for stage {meta.get('stage')!r}, not classifier")
+        head.load_state_dict(unprefixed("head", tensors))
+        best_state = unprefixed("best_head", tensors)
+        optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+        rng_from_tensors(tensors, meta.get("rng", {}))
+        start_epoch, best_f1 = int(meta["epoch"]), float(meta["best_f1"])
+        bad_epochs, stopped_early = int(meta["bad_epochs"]), bool(meta["stopped_early"])
+        mlog.truncate(start_epoch)
+
+    status, ran, it = "finished", 0, 0
+    with progress(quiet) as bar:
+        cache: dict[str, tuple[Tensor, Tensor]] = {}
+        for name in ("train", "val", "test"):
+            if name == "train" and cfg.augment:
+                continue
+            cache[name] = compute_features(backbone, sets[name], spec, device, cfg.runtime.precision,
+                                           cfg.batch_size, bar, name)
+        ep_task = bar.add_task("classifier epochs", total=cfg.epochs, completed=start_epoch, info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            if stopped_early:
+                break
+            if stop_after_epochs is not None and ran >= stop_after_epochs:
+                status = "paused"
+                break
+            t0 = time.perf_counter()
+            torch.manual_seed(epoch_seed(seed, epoch))
+            g = torch.Generator()
+            g.manual_seed(epoch_seed(seed, epoch) + 5)
+            order = torch.randperm(len(sets["train"]), generator=g)
+            head.train()
+            losses = []
+            if cfg.augment:
+                sets["train"].set_epoch(epoch)
+            for s in range(0, len(order), cfg.batch_size):
+                idx = order[s:s + cfg.batch_size]
+                if cfg.augment:
+                    items = [sets["train"][int(i)] for i in idx]
+                    x = torch.stack([a for a, _ in items]).to(device)
+                    y = torch.stack([b for _, b in items]).to(device)
+                    with torch.no_grad(), autocast(device, cfg.runtime.precision):
+                        f = extract_features(backbone, x, spec).float()
+                else:
+                    f, y = cache["train"][0][idx].to(device), cache["train"][1][idx].to(device)
+                logits = head(f)
+                loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor(pos_weight, device=device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss))
+                it += 1
+            ran += 1
+            val = _evaluate(head, *cache["val"], pos_weight, device)
+            f1 = val["f1"] if np.isfinite(val["f1"]) else 0.0
+            if f1 > best_f1:
+                best_f1, bad_epochs = f1, 0
+                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            else:
+                bad_epochs += 1
+                stopped_early = bad_epochs >= cfg.patience
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+                      "val_f1": val["f1"], "val_sensitivity": val["sensitivity"],
+                      "val_specificity": val["specificity"], "val_auc": val["auc"],
+                      "time_s": time.perf_counter() - t0}
+            if is_main():
+                mlog.append(record)
+                _save(run_dir, epoch + 1, head, best_state, optimizer, best_f1, bad_epochs, stopped_early)
+            bar.update(ep_task, advance=1, info=f"val F1 {val['f1']:.3f}")
+
+        if is_main():
+            mlog.finish()
+        result = TrainResult(run_dir, status, len(mlog.records), it, list(mlog.records))
+        if status != "finished":
+            return result
+        head.load_state_dict(best_state)
+        val_probs = _probs(head, cache["val"][0], device)
+        val_t = cache["val"][1].numpy()
+        threshold = threshold_for_sensitivity(val_probs, val_t, cfg.target_sensitivity)
+        threshold_rule = f"highest threshold with validation sensitivity >= {cfg.target_sensitivity}"
+        if not np.isfinite(threshold):
+            threshold, threshold_rule = 0.5, "0.5 (the validation split has no calcified slice)"
+        summary: dict[str, Any] = {
+            "threshold": threshold, "threshold_rule": threshold_rule, "pos_weight": pos_weight,
+            "best_val_f1_at_0.5": best_f1, "stopped_early": stopped_early,
+            "val": binary_metrics(val_probs, val_t, threshold) | {"auc": roc_auc(val_probs, val_t)},
+        }
+        if len(cache["test"][1]):
+            tp = _probs(head, cache["test"][0], device)
+            summary["test"] = binary_metrics(tp, cache["test"][1].numpy(), threshold) | {"auc": roc_auc(tp, cache["test"][1].numpy())}
+        result.summary = summary
+    if is_main():
+        model = SliceFilter(backbone, head, spec)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(run_dir / MODEL_FILE), metadata={"format": "cacstream-slice-filter/1"})
+        write_json(run_dir / RUN_RECORD_FILE, {
+            "stage": "classifier", "finished": True, "backbone_run": str(Path(cfg.backbone).resolve()),
+            "arch": dino_rec["arch"], "arch_kwargs": dino_rec.get("arch_kwargs", {}),
+            "embed_dim": backbone.embed_dim, "feature": spec.to_dict(), "feature_dim": spec.dim(backbone.embed_dim),
+            "preprocess": preprocess.to_dict(), "weights": MODEL_FILE, "augment": cfg.augment,
+            "dino": {k: dino_rec.get(k) for k in ("multicrop", "epochs", "iterations", "data", "metrics", "command")},
+            "data": data_summary(loaded), "dino_saw_eval_patients": overlap,
+            "train_slices": {"positive": n_pos, "negative": n_neg},
+            "metrics": summary, "epochs": mlog.records, "command": list(command or []),
+        })
+    return result
+
+
+def _save(run_dir: Path, next_epoch: int, head: LinearHead, best: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+          best_f1: float, bad_epochs: int, stopped_early: bool) -> None:
+    tensors = {**prefixed("head", head.state_dict()), **prefixed("best_head", best)}
+    opt_t, opt_meta = optimizer_to_tensors(optimizer)
+    rng_t, rng_meta = rng_to_tensors()
+    tensors.update(opt_t)
+    tensors.update(rng_t)
+    save_checkpoint(run_dir, tensors, {"stage": "classifier", "epoch": next_epoch, "best_f1": best_f1,
+                                       "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+                                       "optimizer": opt_meta, "rng": rng_meta})

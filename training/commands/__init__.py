@@ -1,0 +1,1 @@
+"""`cacstream train` and `cacstream export` command modules."""

@@ -1,0 +1,1 @@
+"""Training cases (phantoms, COCA, mask folders, npz/case caches), patient-level splits, slice datasets."""

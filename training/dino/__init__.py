@@ -1,0 +1,1 @@
+"""DINO-LG self-supervised pretraining: loss, schedules, multi-crop with guided crops, augmentations, trainer."""

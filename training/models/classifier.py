@@ -1,0 +1,102 @@
+"""The slice filter: a frozen DINO-LG backbone, a feature read-out, and one linear layer (paper §3.3).
+
+Feature read-outs (recorded in the weights' ``config.json`` so serving reads the same vector):
+
+* ``cls`` — the final [CLS] embedding (768-d for ViT-B; the paper's choice, the default).
+* ``cls_avgpool`` — [CLS] concatenated with the average of the patch tokens of the last block (DINO's
+  linear evaluation for ViT-B); doubles the width and helps when the object is a few patches in size.
+* ``last_blocks`` — [CLS] of the last ``n_last_blocks`` blocks concatenated (DINO's linear evaluation
+  for ViT-S uses 4), optionally with the avg-pooled patch tokens (``avgpool``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from cacstream.training.models.vit import VisionTransformer
+
+FeatureMode = Literal["cls", "cls_avgpool", "last_blocks"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which backbone outputs form the classifier's input vector."""
+
+    mode: FeatureMode = "cls"
+    n_last_blocks: int = 1
+    avgpool: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("cls", "cls_avgpool", "last_blocks"):
+            raise ValueError(f"feature mode must be cls, cls_avgpool or last_blocks, got {self.mode!r}")
+        if self.n_last_blocks < 1:
+            raise ValueError(f"n_last_blocks must be >= 1, got {self.n_last_blocks}")
+        if self.mode != "last_blocks" and self.n_last_blocks != 1:
+            raise ValueError("n_last_blocks only applies to mode 'last_blocks'")
+
+    def dim(self, embed_dim: int) -> int:
+        """Width of the feature vector for a backbone of ``embed_dim``."""
+        if self.mode == "cls":
+            return embed_dim
+        if self.mode == "cls_avgpool":
+            return 2 * embed_dim
+        return embed_dim * (self.n_last_blocks + (1 if self.avgpool else 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "n_last_blocks": self.n_last_blocks, "avgpool": self.avgpool}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(mode=d.get("mode", "cls"), n_last_blocks=int(d.get("n_last_blocks", 1)),
+                   avgpool=bool(d.get("avgpool", False)))
+
+
+def extract_features(backbone: VisionTransformer, x: Tensor, spec: FeatureSpec) -> Tensor:
+    """The (B, spec.dim(D)) feature vector of a batch of slices (B, 1, S, S)."""
+    if spec.mode == "cls":
+        return backbone(x)
+    if spec.mode == "cls_avgpool":
+        tokens = backbone.forward_features(x)
+        return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
+    layers = backbone.get_intermediate_layers(x, spec.n_last_blocks)
+    parts = [t[:, 0] for t in layers]
+    if spec.avgpool:
+        parts.append(layers[-1][:, 1:].mean(dim=1))
+    return torch.cat(parts, dim=-1)
+
+
+class LinearHead(nn.Module):
+    """One fully connected layer to a single logit (calcified slice), DINO's linear-eval init."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 1)
+        nn.init.normal_(self.linear.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return self.linear(feats).squeeze(-1)
+
+
+class SliceFilter(nn.Module):
+    """Backbone + read-out + linear head: preprocessed slices (B, 1, S, S) → logits (B,).
+
+    This is the module that is exported to ONNX and served; a logit above ``logit(threshold)`` flags
+    the slice for segmentation.
+    """
+
+    def __init__(self, backbone: VisionTransformer, head: LinearHead, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.spec = spec
+
+    def features(self, x: Tensor) -> Tensor:
+        return extract_features(self.backbone, x, self.spec)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
