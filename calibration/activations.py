@@ -40,8 +40,10 @@ def _float_outputs(model: Any) -> list[tuple[str, str, str, int]]:
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in
-             list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+    }
     out = []
     for i, node in enumerate(model.graph.node):
         for t in node.output:
@@ -50,7 +52,9 @@ def _float_outputs(model: Any) -> list[tuple[str, str, str, int]]:
     return out
 
 
-def instrumented_session(onnx_path: Path, op_types: tuple[str, ...] | None = None, threads: int = 0) -> tuple[Any, list[tuple[str, str, str, int]]]:
+def instrumented_session(
+    onnx_path: Path, op_types: tuple[str, ...] | None = None, threads: int = 0
+) -> tuple[Any, list[tuple[str, str, str, int]]]:
     """An ORT session of the model with every float node output (optionally of ``op_types``) exposed."""
     import onnx
     import onnxruntime as ort
@@ -72,8 +76,15 @@ def instrumented_session(onnx_path: Path, op_types: tuple[str, ...] | None = Non
     return sess, outs
 
 
-def activation_ranges(onnx_path: Path, inputs: np.ndarray, *, batch_size: int = 8, seed: int = 0,
-                      op_types: tuple[str, ...] | None = None, progress: Any = None) -> list[TensorRange]:
+def activation_ranges(
+    onnx_path: Path,
+    inputs: np.ndarray,
+    *,
+    batch_size: int = 8,
+    seed: int = 0,
+    op_types: tuple[str, ...] | None = None,
+    progress: Any = None,
+) -> list[TensorRange]:
     """Ranges of every float tensor the model computes over ``inputs`` ((N, C, H, W) float32)."""
     sess, outs = instrumented_session(onnx_path, op_types)
     in_name = sess.get_inputs()[0].name
@@ -82,9 +93,13 @@ def activation_ranges(onnx_path: Path, inputs: np.ndarray, *, batch_size: int = 
     lo = {t: np.inf for t in names}
     hi = {t: -np.inf for t in names}
     samples: dict[str, list[np.ndarray]] = {t: [] for t in names}
-    task = progress.add_task(f"activation ranges: {Path(onnx_path).name}", total=len(inputs)) if progress else None
+    task = (
+        progress.add_task(f"activation ranges: {Path(onnx_path).name}", total=len(inputs))
+        if progress
+        else None
+    )
     for a in range(0, len(inputs), batch_size):
-        x = np.ascontiguousarray(inputs[a:a + batch_size], dtype=np.float32)
+        x = np.ascontiguousarray(inputs[a : a + batch_size], dtype=np.float32)
         results = sess.run(names, {in_name: x})
         for t, y in zip(names, results):
             v = np.asarray(y, dtype=np.float32).reshape(-1)
@@ -95,7 +110,9 @@ def activation_ranges(onnx_path: Path, inputs: np.ndarray, *, batch_size: int = 
                 lo[t] = min(lo[t], float(finite.min()))
                 hi[t] = max(hi[t], float(finite.max()))
                 k = min(SAMPLE_PER_BATCH, finite.size)
-                samples[t].append(finite[rng.choice(finite.size, size=k, replace=False)] if k < finite.size else finite)
+                samples[t].append(
+                    finite[rng.choice(finite.size, size=k, replace=False)] if k < finite.size else finite
+                )
         if progress is not None:
             progress.advance(task, len(x))
     ranges = []
@@ -104,9 +121,18 @@ def activation_ranges(onnx_path: Path, inputs: np.ndarray, *, batch_size: int = 
             continue
         s = np.concatenate(samples[t])
         pct = np.percentile(s, PERCENTILES)
-        ranges.append(TensorRange(t, node, op, order, lo[t], hi[t],
-                                  {f"p{p:g}": float(v) for p, v in zip(PERCENTILES, pct)},
-                                  max(abs(lo[t]), abs(hi[t]))))
+        ranges.append(
+            TensorRange(
+                t,
+                node,
+                op,
+                order,
+                lo[t],
+                hi[t],
+                {f"p{p:g}": float(v) for p, v in zip(PERCENTILES, pct)},
+                max(abs(lo[t]), abs(hi[t])),
+            )
+        )
     return ranges
 
 
@@ -121,7 +147,9 @@ def load_ranges(path: Path) -> tuple[list[TensorRange], dict[str, Any]]:
     return tensors, d
 
 
-def plot_ranges(ranges_by_label: dict[str, list[TensorRange]], path: Path, title: str, max_layers: int = 120) -> Path:
+def plot_ranges(
+    ranges_by_label: dict[str, list[TensorRange]], path: Path, title: str, max_layers: int = 120
+) -> Path:
     """Per layer (x, graph order): min..max as thin bars and p1..p99 as thick bars, one colour per set;
     y on a symmetric log scale so tiny and huge ranges are both visible."""
     import matplotlib
@@ -139,7 +167,6 @@ def plot_ranges(ranges_by_label: dict[str, list[TensorRange]], path: Path, title
     names.sort(key=lambda n: order[n])
     step = max(1, int(np.ceil(len(names) / max_layers)))
     shown = names[::step]
-    x = np.arange(len(shown))
     fig, ax = plt.subplots(figsize=(max(8.0, 0.12 * len(shown) + 4), 5.0))
     width = 0.8 / max(1, len(labels))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -149,11 +176,22 @@ def plot_ranges(ranges_by_label: dict[str, list[TensorRange]], path: Path, title
         rs = [by[shown[i]] for i in xs]
         off = (j - (len(labels) - 1) / 2) * width
         c = colours[j % len(colours)]
-        ax.vlines(np.asarray(xs) + off, [r.min for r in rs], [r.max for r in rs], colors=c, linewidth=0.8, alpha=0.7)
-        ax.vlines(np.asarray(xs) + off, [r.percentiles["p1"] for r in rs], [r.percentiles["p99"] for r in rs],
-                  colors=c, linewidth=3.0, label=f"{lab} (thin: min..max, thick: p1..p99)")
+        ax.vlines(
+            np.asarray(xs) + off, [r.min for r in rs], [r.max for r in rs], colors=c, linewidth=0.8, alpha=0.7
+        )
+        ax.vlines(
+            np.asarray(xs) + off,
+            [r.percentiles["p1"] for r in rs],
+            [r.percentiles["p99"] for r in rs],
+            colors=c,
+            linewidth=3.0,
+            label=f"{lab} (thin: min..max, thick: p1..p99)",
+        )
     ax.set_yscale("symlog", linthresh=1e-2)
-    ax.set_xlabel(f"layer output in graph order ({len(names)} tensors" + (f", every {step}th shown)" if step > 1 else ")"))
+    ax.set_xlabel(
+        f"layer output in graph order ({len(names)} tensors"
+        + (f", every {step}th shown)" if step > 1 else ")")
+    )
     ax.set_ylabel("activation value")
     ax.set_title(title)
     ax.axhline(0, color="0.6", linewidth=0.5)

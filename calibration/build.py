@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cacstream.calibration.progress import progress_bar
 from cacstream.calibration.select import Candidate, Selection, SelectionConfig, axis_counts, select_slices
-from cacstream.calibration.sets import ROLES, CalibrationSet, SliceRecord, write_set
+from cacstream.calibration.sets import CalibrationSet, SliceRecord, write_set
 from cacstream.engine.series.types import Series
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,9 @@ class Population:
     sources: list[str]
 
 
-def find_series(sources: list[Path], quiet: bool = False, eligibility: Any = None) -> tuple[list[Series], list[str], int]:
+def find_series(
+    sources: list[Path], quiet: bool = False, eligibility: Any = None
+) -> tuple[list[Series], list[str], int]:
     """Eligible series under every source (sorted by UID, duplicates dropped), rejection messages, skipped files."""
     from cacstream.engine.config import EligibilityConfig
     from cacstream.engine.series import scan_path
@@ -92,12 +93,23 @@ def slice_stats(hu: np.ndarray, config: Any) -> dict[str, np.ndarray]:
 
     mm = np.asarray(hu_minmax(hu))
     flat = hu.reshape(len(hu), -1)
-    return {"hu_min": mm[:, 0], "hu_max": mm[:, 1], "hu_p99": np.percentile(flat, 99, axis=1),
-            "hu_mean": flat.mean(axis=1), "calcium_count": np.asarray(calcium_counts(hu, config))}
+    return {
+        "hu_min": mm[:, 0],
+        "hu_max": mm[:, 1],
+        "hu_p99": np.percentile(flat, 99, axis=1),
+        "hu_mean": flat.mean(axis=1),
+        "calcium_count": np.asarray(calcium_counts(hu, config)),
+    }
 
 
-def gather_population(series: list[Series], models: Any, *, quiet: bool = False, decode_threads: int = 0,
-                      need_filter: bool = True) -> tuple[list[Candidate], list[tuple[int, int]], list[dict[str, Any]]]:
+def gather_population(
+    series: list[Series],
+    models: Any,
+    *,
+    quiet: bool = False,
+    decode_threads: int = 0,
+    need_filter: bool = True,
+) -> tuple[list[Candidate], list[tuple[int, int]], list[dict[str, Any]]]:
     """Pass 1: decode each series once and compute every slice's facts."""
     from cacstream.calibration.truth import TruthError, find_truth
     from cacstream.engine.series import read_volume
@@ -121,32 +133,57 @@ def gather_population(series: list[Series], models: Any, *, quiet: bool = False,
             acq = s.first.acquisition
             for k in range(len(hu)):
                 p = None if probs[k] is None else float(probs[k])
-                cands.append(Candidate(s.uid, k, float(st["hu_max"][k]), int(st["calcium_count"][k]),
-                                       acq.manufacturer, acq.model, acq.kvp, float(g.slice_thickness_mm), p))
+                cands.append(
+                    Candidate(
+                        s.uid,
+                        k,
+                        float(st["hu_max"][k]),
+                        int(st["calcium_count"][k]),
+                        acq.manufacturer,
+                        acq.model,
+                        acq.kvp,
+                        float(g.slice_thickness_mm),
+                        p,
+                    )
+                )
                 where.append((si, k))
-                stats.append({
-                    "hu_min": float(st["hu_min"][k]), "hu_max": float(st["hu_max"][k]),
-                    "hu_p99": round(float(st["hu_p99"][k]), 2), "hu_mean": round(float(st["hu_mean"][k]), 2),
-                    "calcium_count": int(st["calcium_count"][k]), "filter_probability": p,
-                    "truth_calcium": None if truth is None else bool(truth.slice_flags[k]),
-                    "manufacturer": acq.manufacturer, "model": acq.model, "kvp": acq.kvp,
-                    "thickness_mm": float(g.slice_thickness_mm), "increment_mm": float(g.slice_increment_mm),
-                    "pixel_spacing_mm": list(g.pixel_spacing_mm), "rows": g.rows, "columns": g.columns,
-                    "z_mm": float(g.z_mm[k]),
-                })
+                stats.append(
+                    {
+                        "hu_min": float(st["hu_min"][k]),
+                        "hu_max": float(st["hu_max"][k]),
+                        "hu_p99": round(float(st["hu_p99"][k]), 2),
+                        "hu_mean": round(float(st["hu_mean"][k]), 2),
+                        "calcium_count": int(st["calcium_count"][k]),
+                        "filter_probability": p,
+                        "truth_calcium": None if truth is None else bool(truth.slice_flags[k]),
+                        "manufacturer": acq.manufacturer,
+                        "model": acq.model,
+                        "kvp": acq.kvp,
+                        "thickness_mm": float(g.slice_thickness_mm),
+                        "increment_mm": float(g.slice_increment_mm),
+                        "pixel_spacing_mm": list(g.pixel_spacing_mm),
+                        "rows": g.rows,
+                        "columns": g.columns,
+                        "z_mm": float(g.z_mm[k]),
+                    }
+                )
             bar.advance(task, len(hu))
     return cands, where, stats
 
 
-def preprocess_chosen(series: list[Series], chosen: list[tuple[int, int]], configs: dict[str, Any],
-                      quiet: bool = False) -> dict[str, np.ndarray]:
+def preprocess_chosen(
+    series: list[Series], chosen: list[tuple[int, int]], configs: dict[str, Any], quiet: bool = False
+) -> dict[str, np.ndarray]:
     """Pass 2: decode only the chosen slices and make each role's model input (float32, kernels)."""
     import dataclasses
 
     from cacstream.engine.pipeline.stages import decode_hu
     from cacstream.kernels import preprocess
 
-    out = {role: np.empty((len(chosen), 1, c.input_size, c.input_size), np.float32) for role, c in configs.items()}
+    out = {
+        role: np.empty((len(chosen), 1, c.input_size, c.input_size), np.float32)
+        for role, c in configs.items()
+    }
     by_series: dict[int, list[tuple[int, int]]] = {}
     for pos, (si, k) in enumerate(chosen):
         by_series.setdefault(si, []).append((pos, k))
@@ -158,13 +195,17 @@ def preprocess_chosen(series: list[Series], chosen: list[tuple[int, int]], confi
             pos = [p for p, _ in items]
             for role, cfg in configs.items():
                 cfg32 = dataclasses.replace(cfg, output_dtype="float32")
-                out[role][pos] = np.asarray(preprocess(hu, 1.0, 0.0, config=cfg32).model_input, dtype=np.float32)
+                out[role][pos] = np.asarray(
+                    preprocess(hu, 1.0, 0.0, config=cfg32).model_input, dtype=np.float32
+                )
             bar.advance(task, len(items))
     return out
 
 
 def _histogram(values: list[float]) -> dict[str, Any]:
-    counts, edges = np.histogram(np.clip(values, HU_MAX_EDGES[0], HU_MAX_EDGES[-1]), bins=np.asarray(HU_MAX_EDGES))
+    counts, edges = np.histogram(
+        np.clip(values, HU_MAX_EDGES[0], HU_MAX_EDGES[-1]), bins=np.asarray(HU_MAX_EDGES)
+    )
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
@@ -181,21 +222,34 @@ def population_summary(series: list[Series], stats: list[dict[str, Any]], sel: S
     }
 
 
-def build_set(sources: list[Path], out_dir: Path, weights_dir: Path, config: BuildConfig = BuildConfig(), *,
-              quiet: bool = False, overwrite: bool = False, command: list[str] | None = None) -> CalibrationSet:
+def build_set(
+    sources: list[Path],
+    out_dir: Path,
+    weights_dir: Path,
+    config: BuildConfig = BuildConfig(),
+    *,
+    quiet: bool = False,
+    overwrite: bool = False,
+    command: list[str] | None = None,
+) -> CalibrationSet:
     """Build a calibration set from the series under ``sources`` for the models of ``weights_dir``."""
     from cacstream.engine.inference.runtime import CalciumModels
 
-    models = CalciumModels.load(weights_dir, backend=config.backend, precision="fp32", batch_size=config.batch_size)
+    models = CalciumModels.load(
+        weights_dir, backend=config.backend, precision="fp32", batch_size=config.batch_size
+    )
     try:
         series, rejected, skipped = find_series([Path(s) for s in sources], quiet)
         if not series:
             why = f"; rejected: {rejected[:3]}" if rejected else ""
-            raise ValueError(f"no eligible CT series under {', '.join(map(str, sources))} ({skipped} files skipped"
-                             f"{why})")
+            raise ValueError(
+                f"no eligible CT series under {', '.join(map(str, sources))} ({skipped} files skipped{why})"
+            )
         for msg in rejected:
             log.warning("not used: %s", msg)
-        cands, where, stats = gather_population(series, models, quiet=quiet, decode_threads=config.decode_threads)
+        cands, where, stats = gather_population(
+            series, models, quiet=quiet, decode_threads=config.decode_threads
+        )
         sel = select_slices(cands, config.selection, models.filter_threshold)
         configs = {"filter": models.filter_config, "segmenter": models.segmenter_config}
         chosen = [where[i] for i in sel.indices]
@@ -204,19 +258,43 @@ def build_set(sources: list[Path], out_dir: Path, weights_dir: Path, config: Bui
         for i, stratum in zip(sel.indices, sel.strata):
             si, k = where[i]
             h = series[si].slices[k]
-            records.append(SliceRecord(str(h.path), h.sop_instance_uid, series[si].uid, k, h.frame, stratum,
-                                       sel.labels[i], stats[i]))
+            records.append(
+                SliceRecord(
+                    str(h.path),
+                    h.sop_instance_uid,
+                    series[si].uid,
+                    k,
+                    h.frame,
+                    stratum,
+                    sel.labels[i],
+                    stats[i],
+                )
+            )
         population = population_summary(series, stats, sel)
         population["rejected_series"] = rejected
         population["skipped_files"] = skipped
-        set_counts = {"strata": dict(Counter(sel.strata)), "axes": axis_counts(sel.labels, sel.indices),
-                      "hu_max_hist": _histogram([stats[i]["hu_max"] for i in sel.indices])}
-        return write_set(out_dir, name=config.name, version=config.version, strategy=config.selection.to_dict(),
-                         seed=config.selection.seed, weights_id=models.spec.weights_id,
-                         weights_dir=str(Path(weights_dir).resolve()), preprocess=configs,
-                         filter_threshold=models.filter_threshold, slices=records, inputs=inputs,
-                         population=population, sources=[str(Path(s).resolve()) for s in sources],
-                         command=command if command is not None else list(sys.argv), overwrite=overwrite,
-                         extra={"set_counts": set_counts, "filter_backend": models.info.backend})
+        set_counts = {
+            "strata": dict(Counter(sel.strata)),
+            "axes": axis_counts(sel.labels, sel.indices),
+            "hu_max_hist": _histogram([stats[i]["hu_max"] for i in sel.indices]),
+        }
+        return write_set(
+            out_dir,
+            name=config.name,
+            version=config.version,
+            strategy=config.selection.to_dict(),
+            seed=config.selection.seed,
+            weights_id=models.spec.weights_id,
+            weights_dir=str(Path(weights_dir).resolve()),
+            preprocess=configs,
+            filter_threshold=models.filter_threshold,
+            slices=records,
+            inputs=inputs,
+            population=population,
+            sources=[str(Path(s).resolve()) for s in sources],
+            command=command if command is not None else list(sys.argv),
+            overwrite=overwrite,
+            extra={"set_counts": set_counts, "filter_backend": models.info.backend},
+        )
     finally:
         models.close()

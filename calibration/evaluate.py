@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from cacstream.engine.domain import ARTERIES, RISK_CATEGORIES, risk_category
+from cacstream.engine.domain import ARTERIES, RISK_CATEGORIES
 
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
@@ -91,7 +90,9 @@ class Counts:
     """Accumulated confusion counts and Dice sums over the whole validation set."""
 
     filt: dict[str, dict[str, int]] = field(default_factory=dict)  # "<prec>_vs_truth" / "int8_vs_fp32"
-    dice: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # comparison -> artery -> [2|A∩B|, |A|+|B|]
+    dice: dict[str, dict[str, list[int]]] = field(
+        default_factory=dict
+    )  # comparison -> artery -> [2|A∩B|, |A|+|B|]
 
     def add_confusion(self, key: str, pred: np.ndarray, ref: np.ndarray) -> None:
         c = self.filt.setdefault(key, {"tp": 0, "fn": 0, "tn": 0, "fp": 0})
@@ -119,8 +120,15 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
     if flags.any():
         labels[flags] = models.segment(hu[flags])
     res = score_volume(hu, geometry, labels, agatston)
-    return PrecisionResult(p, flags, labels, float(res.agatston_total), dict(res.agatston_per_artery),
-                           res.risk_category, time.perf_counter() - t0)
+    return PrecisionResult(
+        p,
+        flags,
+        labels,
+        float(res.agatston_total),
+        dict(res.agatston_per_artery),
+        res.risk_category,
+        time.perf_counter() - t0,
+    )
 
 
 def scored_mask(labels: np.ndarray, hu: np.ndarray, threshold_hu: float) -> np.ndarray:
@@ -147,13 +155,24 @@ class PhantomSource:
 
         for i in range(self.n):
             cat = RISK_CATEGORIES[i % len(RISK_CATEGORIES)] if self.balanced_categories else None
-            cfg = PhantomConfig(kind=self.kind, matrix=self.matrix, z_coverage_mm=self.z_coverage_mm,  # type: ignore[arg-type]
-                                calcium_category=cat)
+            cfg = PhantomConfig(
+                kind=self.kind,
+                matrix=self.matrix,
+                z_coverage_mm=self.z_coverage_mm,  # type: ignore[arg-type]
+                calcium_category=cat,
+            )
             case = make_phantom(self.seed + i, cfg)
             t = case.truth
-            yield ValidationCase(f"phantom {case.kind} seed {case.seed}", case.hu, case.geometry,
-                                 np.asarray(t["slice_has_coronary_calcium"], dtype=bool), case.labels,
-                                 float(t["agatston_total"]), str(t["risk_category"]), f"make_phantom({case.seed})")
+            yield ValidationCase(
+                f"phantom {case.kind} seed {case.seed}",
+                case.hu,
+                case.geometry,
+                np.asarray(t["slice_has_coronary_calcium"], dtype=bool),
+                case.labels,
+                float(t["agatston_total"]),
+                str(t["risk_category"]),
+                f"make_phantom({case.seed})",
+            )
 
 
 @dataclass(frozen=True)
@@ -181,14 +200,39 @@ class FolderSource:
             if tr is None:
                 yield ValidationCase(s.first.series_description or s.uid, hu, s.geometry, source=folder)
             else:
-                yield ValidationCase(s.first.series_description or s.uid, hu, s.geometry, tr.slice_flags, tr.labels,
-                                     tr.agatston_total, tr.risk_category, folder)
+                yield ValidationCase(
+                    s.first.series_description or s.uid,
+                    hu,
+                    s.geometry,
+                    tr.slice_flags,
+                    tr.labels,
+                    tr.agatston_total,
+                    tr.risk_category,
+                    folder,
+                )
 
 
 # ------------------------------------------------------------------------------------- models
 
 
-def load_models(weights_dir: Path, int8_dir: Path | None, batch_size: int = 16, threads: int = 0) -> dict[str, Any]:
+def training_phantom_seeds(weights_dir: Path) -> list[tuple[int, int]]:
+    """Inclusive phantom seed ranges the weights were trained / validated on, as their config.json records
+    them ("phantom seeds A..B" in the training data sources of any stage)."""
+    import re
+
+    text = (Path(weights_dir) / "config.json").read_text(encoding="utf-8")
+    return sorted({(int(a), int(b)) for a, b in re.findall(r"phantom seeds (\d+)\.\.(\d+)", text)})
+
+
+def seen_seeds(weights_dir: Path, first: int, n: int) -> list[int]:
+    """Evaluation seeds first..first+n-1 that the weights have already seen (must be empty: held-out)."""
+    ranges = training_phantom_seeds(weights_dir)
+    return [s for s in range(first, first + n) if any(a <= s <= b for a, b in ranges)]
+
+
+def load_models(
+    weights_dir: Path, int8_dir: Path | None, batch_size: int = 16, threads: int = 0
+) -> dict[str, Any]:
     """FP32 and INT8 CalciumModels on ONNX Runtime CPU. INT8 files come from ``int8_dir`` when given
     (``<stem>.int8.onnx`` there), else from the weights folder through the engine's own loader."""
     from cacstream.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -196,11 +240,23 @@ def load_models(weights_dir: Path, int8_dir: Path | None, batch_size: int = 16, 
     from cacstream.engine.inference.runtime import CalciumModels
     from cacstream.engine.inference.weights_spec import read_weights_spec
 
-    fp32 = CalciumModels.load(weights_dir, backend="onnxruntime", precision="fp32", batch_size=batch_size,
-                              device="cpu", threads=threads or None)
+    fp32 = CalciumModels.load(
+        weights_dir,
+        backend="onnxruntime",
+        precision="fp32",
+        batch_size=batch_size,
+        device="cpu",
+        threads=threads or None,
+    )
     if int8_dir is None or Path(int8_dir).resolve() == Path(weights_dir).resolve():
-        int8 = CalciumModels.load(weights_dir, backend="onnxruntime", precision="int8", batch_size=batch_size,
-                                  device="cpu", threads=threads or None)
+        int8 = CalciumModels.load(
+            weights_dir,
+            backend="onnxruntime",
+            precision="int8",
+            batch_size=batch_size,
+            device="cpu",
+            threads=threads or None,
+        )
     else:
         spec = read_weights_spec(weights_dir)
         be = {}
@@ -208,12 +264,25 @@ def load_models(weights_dir: Path, int8_dir: Path | None, batch_size: int = 16, 
             m = spec.model(role)
             path = Path(int8_dir) / m.onnx_name("int8")
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: INT8 graph of the {m.section} not found; quantize it with "
-                                        f"`cacstream calibrate quantize {weights_dir} --set SET --out {int8_dir}`")
-            be[role] = OnnxRuntimeBackend(path, role, device="cpu", precision="int8", max_batch_size=batch_size,
-                                          threads=threads, expected_input_shape=m.input_shape)
-        int8 = CalciumModels(spec, be["filter"], be["segmenter"],
-                             BackendChoice("onnxruntime", "cpu", "int8", f"INT8 graphs from {int8_dir}"))
+                raise FileNotFoundError(
+                    f"{path}: INT8 graph of the {m.section} not found; quantize it with "
+                    f"`cacstream calibrate quantize {weights_dir} --set SET --out {int8_dir}`"
+                )
+            be[role] = OnnxRuntimeBackend(
+                path,
+                role,
+                device="cpu",
+                precision="int8",
+                max_batch_size=batch_size,
+                threads=threads,
+                expected_input_shape=m.input_shape,
+            )
+        int8 = CalciumModels(
+            spec,
+            be["filter"],
+            be["segmenter"],
+            BackendChoice("onnxruntime", "cpu", "int8", f"INT8 graphs from {int8_dir}"),
+        )
     return {"fp32": fp32, "int8": int8}
 
 
@@ -225,8 +294,12 @@ def _rate(num: int, den: int) -> float | None:
 
 
 def filter_metrics(c: dict[str, int]) -> dict[str, float | None | int]:
-    return {**c, "sensitivity": _rate(c["tp"], c["tp"] + c["fn"]), "specificity": _rate(c["tn"], c["tn"] + c["fp"]),
-            "agreement": _rate(c["tp"] + c["tn"], sum(c.values()))}
+    return {
+        **c,
+        "sensitivity": _rate(c["tp"], c["tp"] + c["fn"]),
+        "specificity": _rate(c["tn"], c["tn"] + c["fp"]),
+        "agreement": _rate(c["tp"] + c["tn"], sum(c.values())),
+    }
 
 
 def dice_metrics(d: dict[str, list[int]]) -> dict[str, float | None]:
@@ -243,10 +316,16 @@ def agatston_agreement(a_fp32: list[float], a_int8: list[float]) -> dict[str, fl
     d = y - x
     sd = float(np.std(d, ddof=1)) if d.size > 1 else 0.0
     within = np.abs(d) <= np.maximum(1.0, 0.05 * np.abs(x))
-    return {"n": int(d.size), "mean_diff": float(d.mean()), "sd_diff": sd,
-            "loa_low": float(d.mean() - 1.96 * sd), "loa_high": float(d.mean() + 1.96 * sd),
-            "max_abs_diff": float(np.max(np.abs(d))), "within_1pt_or_5pct": float(np.mean(within)),
-            "pearson_r": float(np.corrcoef(x, y)[0, 1]) if d.size > 1 and x.std() > 0 and y.std() > 0 else None}
+    return {
+        "n": int(d.size),
+        "mean_diff": float(d.mean()),
+        "sd_diff": sd,
+        "loa_low": float(d.mean() - 1.96 * sd),
+        "loa_high": float(d.mean() + 1.96 * sd),
+        "max_abs_diff": float(np.max(np.abs(d))),
+        "within_1pt_or_5pct": float(np.mean(within)),
+        "pearson_r": float(np.corrcoef(x, y)[0, 1]) if d.size > 1 and x.std() > 0 and y.std() > 0 else None,
+    }
 
 
 def confusion(ref: list[str], pred: list[str]) -> list[list[int]]:
@@ -259,33 +338,62 @@ def confusion(ref: list[str], pred: list[str]) -> list[list[int]]:
 
 def apply_gate(metrics: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
     checks = []
-    if metrics["filter"].get("fp32_vs_truth") and metrics["filter"]["fp32_vs_truth"]["sensitivity"] is not None:
+    if (
+        metrics["filter"].get("fp32_vs_truth")
+        and metrics["filter"]["fp32_vs_truth"]["sensitivity"] is not None
+    ):
         s32 = metrics["filter"]["fp32_vs_truth"]["sensitivity"]
         s8 = metrics["filter"]["int8_vs_truth"]["sensitivity"]
         diff = abs(s8 - s32) * 100
-        checks.append({"name": "slice-filter sensitivity vs truth: |INT8 - FP32|", "value": diff, "unit": "points",
-                       "threshold": f"<= {gate.max_sensitivity_diff_points}",
-                       "passed": diff <= gate.max_sensitivity_diff_points + 1e-12,
-                       "detail": f"FP32 {100 * s32:.2f} %, INT8 {100 * s8:.2f} %"})
+        checks.append(
+            {
+                "name": "slice-filter sensitivity vs truth, absolute difference INT8 − FP32",
+                "value": diff,
+                "unit": "points",
+                "threshold": f"<= {gate.max_sensitivity_diff_points}",
+                "passed": diff <= gate.max_sensitivity_diff_points + 1e-12,
+                "detail": f"FP32 {100 * s32:.2f} %, INT8 {100 * s8:.2f} %",
+            }
+        )
     else:
         rel = metrics["filter"]["int8_vs_fp32"]["sensitivity"]
         val = 100.0 if rel is None else 100 * rel
-        checks.append({"name": "slice-filter sensitivity of INT8 with FP32 decisions as reference (no truth flags)",
-                       "value": val, "unit": "%", "threshold": f">= {gate.min_relative_sensitivity_pct}",
-                       "passed": val >= gate.min_relative_sensitivity_pct - 1e-12,
-                       "detail": "no validation series carries per-slice truth"})
+        checks.append(
+            {
+                "name": "slice-filter sensitivity of INT8 with FP32 decisions as reference (no truth flags)",
+                "value": val,
+                "unit": "%",
+                "threshold": f">= {gate.min_relative_sensitivity_pct}",
+                "passed": val >= gate.min_relative_sensitivity_pct - 1e-12,
+                "detail": "no validation series carries per-slice truth",
+            }
+        )
     agree = 100 * metrics["risk"]["int8_vs_fp32_agreement"]
-    checks.append({"name": "risk-category agreement INT8 vs FP32", "value": agree, "unit": "%",
-                   "threshold": f">= {gate.min_risk_agreement_pct}", "passed": agree >= gate.min_risk_agreement_pct - 1e-12,
-                   "detail": f"{metrics['risk']['int8_vs_fp32_same']} of {metrics['series']} series"})
+    checks.append(
+        {
+            "name": "risk-category agreement INT8 vs FP32",
+            "value": agree,
+            "unit": "%",
+            "threshold": f">= {gate.min_risk_agreement_pct}",
+            "passed": agree >= gate.min_risk_agreement_pct - 1e-12,
+            "detail": f"{metrics['risk']['int8_vs_fp32_same']} of {metrics['series']} series",
+        }
+    )
     return {"passed": all(c["passed"] for c in checks), "checks": checks, "config": asdict(gate)}
 
 
 # ------------------------------------------------------------------------------------- driver
 
 
-def evaluate(models: dict[str, Any], cases: Iterator[ValidationCase], n_cases: int | None, *,
-             agatston: Any = None, gate: GateConfig = GateConfig(), quiet: bool = False) -> tuple[dict[str, Any], list[SeriesRow]]:
+def evaluate(
+    models: dict[str, Any],
+    cases: Iterator[ValidationCase],
+    n_cases: int | None,
+    *,
+    agatston: Any = None,
+    gate: GateConfig = GateConfig(),
+    quiet: bool = False,
+) -> tuple[dict[str, Any], list[SeriesRow]]:
     """Run both precisions over the cases; return (metrics incl. gate, per-series rows)."""
     from cacstream.calibration.progress import progress_bar
     from cacstream.engine.config import AgatstonConfig
@@ -307,11 +415,19 @@ def evaluate(models: dict[str, Any], cases: Iterator[ValidationCase], n_cases: i
                 truth_mask = scored_mask(case.truth_labels, case.hu, agatston.threshold_hu)
                 for p in PRECISIONS:
                     counts.add_dice(f"{p}_vs_truth", masks[p], truth_mask)
-            rows.append(SeriesRow(
-                case.name, int(case.hu.shape[0]),
-                None if case.truth_flags is None else int(case.truth_flags.sum()), case.truth_agatston, case.truth_risk,
-                {p: int(r.flags.sum()) for p, r in res.items()}, {p: r.agatston_total for p, r in res.items()},
-                {p: r.risk for p, r in res.items()}, {p: round(r.seconds, 3) for p, r in res.items()}))
+            rows.append(
+                SeriesRow(
+                    case.name,
+                    int(case.hu.shape[0]),
+                    None if case.truth_flags is None else int(case.truth_flags.sum()),
+                    case.truth_agatston,
+                    case.truth_risk,
+                    {p: int(r.flags.sum()) for p, r in res.items()},
+                    {p: r.agatston_total for p, r in res.items()},
+                    {p: r.risk for p, r in res.items()},
+                    {p: round(r.seconds, 3) for p, r in res.items()},
+                )
+            )
             bar.advance(task)
     if not rows:
         raise ValueError("no validation series")
@@ -326,18 +442,23 @@ def evaluate(models: dict[str, Any], cases: Iterator[ValidationCase], n_cases: i
         "dice": {k: dice_metrics(v) for k, v in sorted(counts.dice.items())},
         "agatston": {"int8_vs_fp32": agatston_agreement(fp32, int8)},
         "risk": {
-            "int8_vs_fp32_agreement": same / len(rows), "int8_vs_fp32_same": same,
-            "confusion_fp32_rows_int8_cols": confusion([r.risk["fp32"] for r in rows], [r.risk["int8"] for r in rows]),
+            "int8_vs_fp32_agreement": same / len(rows),
+            "int8_vs_fp32_same": same,
+            "confusion_fp32_rows_int8_cols": confusion(
+                [r.risk["fp32"] for r in rows], [r.risk["int8"] for r in rows]
+            ),
             "categories": list(RISK_CATEGORIES),
         },
         "seconds_median": {p: float(np.median([r.seconds[p] for r in rows])) for p in PRECISIONS},
     }
     if with_truth:
         for p in PRECISIONS:
-            metrics["agatston"][f"{p}_vs_truth"] = agatston_agreement([r.truth_agatston or 0.0 for r in with_truth],
-                                                                      [r.agatston[p] for r in with_truth])
-            metrics["risk"][f"{p}_vs_truth_agreement"] = (
-                sum(r.risk[p] == r.truth_risk for r in with_truth) / len(with_truth))
+            metrics["agatston"][f"{p}_vs_truth"] = agatston_agreement(
+                [r.truth_agatston or 0.0 for r in with_truth], [r.agatston[p] for r in with_truth]
+            )
+            metrics["risk"][f"{p}_vs_truth_agreement"] = sum(
+                r.risk[p] == r.truth_risk for r in with_truth
+            ) / len(with_truth)
     metrics["gate"] = apply_gate(metrics, gate)
     return metrics, rows
 
@@ -347,6 +468,11 @@ def evaluate(models: dict[str, Any], cases: Iterator[ValidationCase], n_cases: i
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a bare | would split the cell)."""
+    return text.replace("|", "\\|")
 
 
 def _num(x: float | None, nd: int = 2) -> str:
@@ -403,7 +529,14 @@ def plot_confusion(matrix: list[list[int]], path: Path) -> Path:
     ax.imshow(m, cmap="Blues")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(m[i, j]),
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+            )
     ax.set_xticks(range(len(RISK_CATEGORIES)), RISK_CATEGORIES)
     ax.set_yticks(range(len(RISK_CATEGORIES)), RISK_CATEGORIES)
     ax.set_xlabel("INT8 risk category")
@@ -427,11 +560,20 @@ def plot_dice(dice: dict[str, dict[str, float | None]], path: Path) -> Path:
     xs = np.arange(len(ARTERIES))
     for j, k in enumerate(keys):
         vals = [dice[k][a] for a in ARTERIES]
-        bars = ax.bar(xs + (j - (len(keys) - 1) / 2) * w, [0 if v is None else v for v in vals], w,
-                      label=k.replace("_", " "))
+        bars = ax.bar(
+            xs + (j - (len(keys) - 1) / 2) * w,
+            [0 if v is None else v for v in vals],
+            w,
+            label=k.replace("_", " "),
+        )
         for b, v in zip(bars, vals):
-            ax.text(b.get_x() + b.get_width() / 2, (v or 0) + 0.01, "n/a" if v is None else f"{v:.2f}",
-                    ha="center", fontsize=7)
+            ax.text(
+                b.get_x() + b.get_width() / 2,
+                (v or 0) + 0.01,
+                "n/a" if v is None else f"{v:.2f}",
+                ha="center",
+                fontsize=7,
+            )
     ax.set_xticks(xs, ARTERIES)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("pooled Dice (scored calcium mask)")
@@ -443,62 +585,137 @@ def plot_dice(dice: dict[str, dict[str, float | None]], path: Path) -> Path:
     return path
 
 
-def write_report(out: Path, metrics: dict[str, Any], rows: list[SeriesRow], context: dict[str, Any]) -> dict[str, Path]:
+def write_report(
+    out: Path, metrics: dict[str, Any], rows: list[SeriesRow], context: dict[str, Any]
+) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "metrics": out / "metrics.json", "per_series": out / "per_series.csv", "report": out / "report.md",
+        "metrics": out / "metrics.json",
+        "per_series": out / "per_series.csv",
+        "report": out / "report.md",
         "scatter": plot_agatston(rows, out / "agatston_int8_vs_fp32.png"),
-        "confusion": plot_confusion(metrics["risk"]["confusion_fp32_rows_int8_cols"], out / "risk_confusion.png"),
+        "confusion": plot_confusion(
+            metrics["risk"]["confusion_fp32_rows_int8_cols"], out / "risk_confusion.png"
+        ),
         "dice": plot_dice(metrics["dice"], out / "dice_per_artery.png"),
     }
-    files["metrics"].write_text(json.dumps({"context": context, "metrics": metrics,
-                                            "series": [asdict(r) for r in rows]}, indent=1, default=str) + "\n")
+    files["metrics"].write_text(
+        json.dumps(
+            {"context": context, "metrics": metrics, "series": [asdict(r) for r in rows]},
+            indent=1,
+            default=str,
+        )
+        + "\n"
+    )
     with open(files["per_series"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["series", "slices", "truth_flagged", "fp32_flagged", "int8_flagged", "truth_agatston",
-                    "fp32_agatston", "int8_agatston", "truth_risk", "fp32_risk", "int8_risk"])
+        w.writerow(
+            [
+                "series",
+                "slices",
+                "truth_flagged",
+                "fp32_flagged",
+                "int8_flagged",
+                "truth_agatston",
+                "fp32_agatston",
+                "int8_agatston",
+                "truth_risk",
+                "fp32_risk",
+                "int8_risk",
+            ]
+        )
         for r in rows:
-            w.writerow([r.name, r.slices, r.truth_flagged, r.flagged["fp32"], r.flagged["int8"], r.truth_agatston,
-                        round(r.agatston["fp32"], 3), round(r.agatston["int8"], 3), r.truth_risk, r.risk["fp32"],
-                        r.risk["int8"]])
+            w.writerow(
+                [
+                    r.name,
+                    r.slices,
+                    r.truth_flagged,
+                    r.flagged["fp32"],
+                    r.flagged["int8"],
+                    r.truth_agatston,
+                    round(r.agatston["fp32"], 3),
+                    round(r.agatston["int8"], 3),
+                    r.truth_risk,
+                    r.risk["fp32"],
+                    r.risk["int8"],
+                ]
+            )
     g = metrics["gate"]
-    lines = [f"# INT8 vs FP32 evaluation — {'PASS' if g['passed'] else 'FAIL'}", "",
-             f"- weights: `{context.get('weights_id')}` ({context.get('weights_dir')})",
-             f"- INT8 graphs: {context.get('int8_source')}",
-             f"- calibration: {context.get('int8_record_summary', 'no int8.json found')}",
-             f"- validation: {context.get('validation')} — {metrics['series']} series, {metrics['slices']} slices",
-             f"- runtime: ONNX Runtime CPU through the engine's CalciumModels; median seconds per series "
-             f"FP32 {metrics['seconds_median']['fp32']:.2f}, INT8 {metrics['seconds_median']['int8']:.2f}",
-             f"- command: `{context.get('command')}`", "", "## Gate", "",
-             "| check | value | threshold | result |", "|---|---:|---|---|"]
+    lines = [
+        f"# INT8 vs FP32 evaluation — {'PASS' if g['passed'] else 'FAIL'}",
+        "",
+        f"- weights: `{context.get('weights_id')}` ({context.get('weights_dir')})",
+        f"- INT8 graphs: {context.get('int8_source')}",
+        f"- calibration: {context.get('int8_record_summary', 'no int8.json found')}",
+        f"- validation: {context.get('validation')} — {metrics['series']} series, {metrics['slices']} slices",
+        f"- runtime: ONNX Runtime CPU through the engine's CalciumModels; median seconds per series "
+        f"FP32 {metrics['seconds_median']['fp32']:.2f}, INT8 {metrics['seconds_median']['int8']:.2f}",
+        f"- command: `{context.get('command')}`",
+        "",
+        "## Gate",
+        "",
+        "| check | value | threshold | result |",
+        "|---|---:|---|---|",
+    ]
     for c in g["checks"]:
-        lines.append(f"| {c['name']} ({c['detail']}) | {c['value']:.2f} {c['unit']} | {c['threshold']} | "
-                     f"{'pass' if c['passed'] else '**FAIL**'} |")
-    lines += ["", "## Slice filter", "", "| comparison | sensitivity | specificity | agreement | TP | FN | TN | FP |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {_cell(c['name'])} ({_cell(c['detail'])}) | {c['value']:.2f} {c['unit']} | {c['threshold']} | "
+            f"{'pass' if c['passed'] else '**FAIL**'} |"
+        )
+    lines += [
+        "",
+        "## Slice filter",
+        "",
+        "| comparison | sensitivity | specificity | agreement | TP | FN | TN | FP |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for k, v in metrics["filter"].items():
-        lines.append(f"| {k.replace('_', ' ')} | {_pct(v['sensitivity'])} | {_pct(v['specificity'])} | "
-                     f"{_pct(v['agreement'])} | {v['tp']} | {v['fn']} | {v['tn']} | {v['fp']} |")
-    lines += ["", "## Dice per artery (pooled, scored calcium mask: label > 0 and HU ≥ 130)", "",
-              "| comparison | " + " | ".join(ARTERIES) + " |", "|---|" + "---:|" * len(ARTERIES)]
+        lines.append(
+            f"| {k.replace('_', ' ')} | {_pct(v['sensitivity'])} | {_pct(v['specificity'])} | "
+            f"{_pct(v['agreement'])} | {v['tp']} | {v['fn']} | {v['tn']} | {v['fp']} |"
+        )
+    lines += [
+        "",
+        "## Dice per artery (pooled, scored calcium mask: label > 0 and HU ≥ 130)",
+        "",
+        "| comparison | " + " | ".join(ARTERIES) + " |",
+        "|---|" + "---:|" * len(ARTERIES),
+    ]
     for k, v in metrics["dice"].items():
         lines.append(f"| {k.replace('_', ' ')} | " + " | ".join(_num(v[a], 3) for a in ARTERIES) + " |")
-    lines += ["", "## Agatston agreement", "",
-              "| comparison | n | mean diff | SD | 95 % limits | max abs diff | within 1 pt or 5 % |",
-              "|---|---:|---:|---:|---|---:|---:|"]
+    lines += [
+        "",
+        "## Agatston agreement",
+        "",
+        "| comparison | n | mean diff | SD | 95 % limits | max abs diff | within 1 pt or 5 % |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
     for k, v in metrics["agatston"].items():
         if v.get("n"):
-            lines.append(f"| {k.replace('_', ' ')} | {v['n']} | {_num(v['mean_diff'])} | {_num(v['sd_diff'])} | "
-                         f"{_num(v['loa_low'])} .. {_num(v['loa_high'])} | {_num(v['max_abs_diff'])} | "
-                         f"{_pct(v['within_1pt_or_5pct'])} |")
+            lines.append(
+                f"| {k.replace('_', ' ')} | {v['n']} | {_num(v['mean_diff'])} | {_num(v['sd_diff'])} | "
+                f"{_num(v['loa_low'])} .. {_num(v['loa_high'])} | {_num(v['max_abs_diff'])} | "
+                f"{_pct(v['within_1pt_or_5pct'])} |"
+            )
     r = metrics["risk"]
-    lines += ["", "## Risk categories", "",
-              f"- INT8 vs FP32: {_pct(r['int8_vs_fp32_agreement'])} ({r['int8_vs_fp32_same']} of {metrics['series']})"]
+    lines += [
+        "",
+        "## Risk categories",
+        "",
+        f"- INT8 vs FP32: {_pct(r['int8_vs_fp32_agreement'])} ({r['int8_vs_fp32_same']} of {metrics['series']})",
+    ]
     for p in PRECISIONS:
         if f"{p}_vs_truth_agreement" in r:
             lines.append(f"- {p.upper()} vs truth: {_pct(r[f'{p}_vs_truth_agreement'])}")
-    lines += ["", "![INT8 vs FP32 Agatston](agatston_int8_vs_fp32.png)", "",
-              "![Risk-category confusion](risk_confusion.png)", "", "![Dice per artery](dice_per_artery.png)", "",
-              "Per-series figures: `per_series.csv`; every number: `metrics.json`."]
+    lines += [
+        "",
+        "![INT8 vs FP32 Agatston](agatston_int8_vs_fp32.png)",
+        "",
+        "![Risk-category confusion](risk_confusion.png)",
+        "",
+        "![Dice per artery](dice_per_artery.png)",
+        "",
+        "Per-series figures: `per_series.csv`; every number: `metrics.json`.",
+    ]
     files["report"].write_text("\n".join(lines) + "\n")
     return files

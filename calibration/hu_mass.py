@@ -76,8 +76,14 @@ def _components(mask2d: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask2d, structure=np.ones((3, 3), bool))
 
 
-def find_inserts(hu: np.ndarray, pixel_spacing_mm: tuple[float, float], *, detect_hu: float = 100.0,
-                 min_area_mm2: float = 3.0, min_slices: int = 2) -> list[Insert]:
+def find_inserts(
+    hu: np.ndarray,
+    pixel_spacing_mm: tuple[float, float],
+    *,
+    detect_hu: float = 100.0,
+    min_area_mm2: float = 3.0,
+    min_slices: int = 2,
+) -> list[Insert]:
     """Inserts of a phantom volume (slices, rows, cols) HU, with their core mean HU."""
     px_area = float(pixel_spacing_mm[0] * pixel_spacing_mm[1])
     px = math.sqrt(px_area)
@@ -110,12 +116,14 @@ def find_inserts(hu: np.ndarray, pixel_spacing_mm: tuple[float, float], *, detec
         vals = []
         cen_r = np.mean([t["s"][k][1].mean() for k in core_slices])
         cen_c = np.mean([t["s"][k][2].mean() for k in core_slices])
-        rows, cols = np.ogrid[:hu.shape[1], :hu.shape[2]]
+        rows, cols = np.ogrid[: hu.shape[1], : hu.shape[2]]
         core = (rows - cen_r) ** 2 + (cols - cen_c) ** 2 <= max(0.75, r_px / 2) ** 2
         for k in core_slices:
             vals.append(hu[k][core])
         v = np.concatenate(vals)
-        inserts.append(Insert((float(cen_r), float(cen_c)), tuple(core_slices), r_px * px, float(v.mean()), int(v.size)))
+        inserts.append(
+            Insert((float(cen_r), float(cen_c)), tuple(core_slices), r_px * px, float(v.mean()), int(v.size))
+        )
     return inserts
 
 
@@ -143,28 +151,42 @@ def fit_factor(mean_hu: list[float], densities: list[float]) -> tuple[float, flo
 def match_densities(inserts: list[Insert], densities: list[float]) -> list[Insert]:
     """One insert per density by rank; with more inserts, cluster by HU and keep each cluster's largest."""
     if len(inserts) < len(densities):
-        raise MassCalibrationError(f"found {len(inserts)} insert(s) but {len(densities)} densities were given "
-                                   f"(mean HU {[round(i.mean_hu) for i in inserts]}); lower --min-area or check the scan")
+        raise MassCalibrationError(
+            f"found {len(inserts)} insert(s) but {len(densities)} densities were given "
+            f"(mean HU {[round(i.mean_hu) for i in inserts]}); lower --min-area or check the scan"
+        )
     ins = sorted(inserts, key=lambda i: i.mean_hu)
     if len(ins) > len(densities):
         # split at the len(densities) - 1 largest gaps in mean HU
         gaps = np.diff([i.mean_hu for i in ins])
-        cuts = sorted(np.argsort(gaps)[::-1][:len(densities) - 1] + 1)
+        cuts = sorted(np.argsort(gaps)[::-1][: len(densities) - 1] + 1)
         groups = np.split(np.arange(len(ins)), cuts)
         ins = [max((ins[j] for j in g), key=lambda i: (i.radius_mm, i.core_pixels)) for g in groups]
     dens = sorted(densities)
-    return [Insert(i.centroid_rc, i.slices, i.radius_mm, i.mean_hu, i.core_pixels, float(d)) for i, d in zip(ins, dens)]
+    return [
+        Insert(i.centroid_rc, i.slices, i.radius_mm, i.mean_hu, i.core_pixels, float(d))
+        for i, d in zip(ins, dens)
+    ]
 
 
-def calibrate_volume(hu: np.ndarray, pixel_spacing_mm: tuple[float, float], densities: list[float], *,
-                     detect_hu: float = 100.0, min_area_mm2: float = 3.0, series_uid: str = "",
-                     source: str = "") -> MassCalibration:
+def calibrate_volume(
+    hu: np.ndarray,
+    pixel_spacing_mm: tuple[float, float],
+    densities: list[float],
+    *,
+    detect_hu: float = 100.0,
+    min_area_mm2: float = 3.0,
+    series_uid: str = "",
+    source: str = "",
+) -> MassCalibration:
     if len(densities) < 1 or any(d <= 0 for d in densities):
         raise MassCalibrationError(f"densities must be positive mg/cm³ values, got {densities}")
     found = find_inserts(hu, pixel_spacing_mm, detect_hu=detect_hu, min_area_mm2=min_area_mm2)
     chosen = match_densities(found, list(densities))
     c, r2, worst = fit_factor([i.mean_hu for i in chosen], [float(i.density_mg_cm3 or 0) for i in chosen])
-    return MassCalibration(c, tuple(chosen), water_hu(hu), r2, worst, tuple(sorted(densities)), series_uid, source)
+    return MassCalibration(
+        c, tuple(chosen), water_hu(hu), r2, worst, tuple(sorted(densities)), series_uid, source
+    )
 
 
 def calibrate_series_folder(path: Path, densities: list[float], **kw: Any) -> MassCalibration:
@@ -176,11 +198,19 @@ def calibrate_series_folder(path: Path, densities: list[float], **kw: Any) -> Ma
     # a phantom scan covers a few centimetres, not a heart: no minimum slice count
     series, rejected, _ = find_series([Path(path)], quiet=True, eligibility=EligibilityConfig(min_slices=1))
     if not series:
-        raise MassCalibrationError(f"{path}: no eligible CT series" + (f" ({rejected[0]})" if rejected else ""))
+        raise MassCalibrationError(
+            f"{path}: no eligible CT series" + (f" ({rejected[0]})" if rejected else "")
+        )
     s = max(series, key=lambda x: len(x.slices))
     vol = read_volume(s)
-    return calibrate_volume(vol.hu, s.geometry.pixel_spacing_mm, densities, series_uid=s.uid,
-                            source=str(s.first.path.parent), **kw)
+    return calibrate_volume(
+        vol.hu,
+        s.geometry.pixel_spacing_mm,
+        densities,
+        series_uid=s.uid,
+        source=str(s.first.path.parent),
+        **kw,
+    )
 
 
 def save(cal: MassCalibration, path: Path) -> Path:

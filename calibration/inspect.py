@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cacstream.calibration.sets import ROLES, CalibrationSet
 
 DEFAULT_MIN_PER_STRATUM = 5
@@ -33,8 +32,13 @@ class CoverageRow:
     status: str  # "ok" | "few" | "missing"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"axis": self.axis, "label": self.label, "population": self.population, "in_set": self.in_set,
-                "status": self.status}
+        return {
+            "axis": self.axis,
+            "label": self.label,
+            "population": self.population,
+            "in_set": self.in_set,
+            "status": self.status,
+        }
 
 
 @dataclass
@@ -51,9 +55,15 @@ class Coverage:
         return [r for r in self.rows if r.status != "ok"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"set_id": self.set_id, "n_set": self.n_set, "n_population": self.n_population,
-                "rows": [r.to_dict() for r in self.rows], "hu": self.hu, "notes": self.notes,
-                "gaps": [r.to_dict() for r in self.gaps]}
+        return {
+            "set_id": self.set_id,
+            "n_set": self.n_set,
+            "n_population": self.n_population,
+            "rows": [r.to_dict() for r in self.rows],
+            "hu": self.hu,
+            "notes": self.notes,
+            "gaps": [r.to_dict() for r in self.gaps],
+        }
 
 
 def _status(pop: int, got: int, min_per: int) -> str:
@@ -89,27 +99,39 @@ def coverage(cs: CalibrationSet, min_per_stratum: int = DEFAULT_MIN_PER_STRATUM)
         rows.append(CoverageRow("stratum", lab, p, g, _status(p, g, min_per_stratum)))
     hu_max = np.array([float(s.stats.get("hu_max", np.nan)) for s in cs.slices])
     hu_min = np.array([float(s.stats.get("hu_min", np.nan)) for s in cs.slices])
-    hu = {"slice_max_hu_min": float(np.nanmin(hu_max)), "slice_max_hu_median": float(np.nanmedian(hu_max)),
-          "slice_max_hu_max": float(np.nanmax(hu_max)), "slice_min_hu_min": float(np.nanmin(hu_min))}
+    hu = {
+        "slice_max_hu_min": float(np.nanmin(hu_max)),
+        "slice_max_hu_median": float(np.nanmedian(hu_max)),
+        "slice_max_hu_max": float(np.nanmax(hu_max)),
+        "slice_min_hu_min": float(np.nanmin(hu_min)),
+    }
     notes = []
     axes_used = cs.strategy.get("axes", [])
     if "filter" in pop_axes and not set_axes.get("filter", {}).get("flagged"):
-        notes.append("no slice the FP32 filter flags: the calibration never sees calcium-positive activations")
+        notes.append(
+            "no slice the FP32 filter flags: the calibration never sees calcium-positive activations"
+        )
     truth = [s.stats.get("truth_calcium") for s in cs.slices]
     if any(t is not None for t in truth):
-        notes.append(f"{sum(bool(t) for t in truth)} of {len(truth)} slices hold coronary calcium (phantom truth)")
+        notes.append(
+            f"{sum(bool(t) for t in truth)} of {len(truth)} slices hold coronary calcium (phantom truth)"
+        )
     if not axes_used:
         notes.append("random strategy: strata are shown for information, the choice did not use them")
     return Coverage(cs.set_id, len(cs), int(pop.get("slices", 0)), rows, hu, notes)
 
 
 def coverage_markdown(cov: Coverage, cs: CalibrationSet) -> str:
-    lines = [f"# Calibration set {cov.set_id}", "",
-             f"- strategy: {cs.strategy.get('name')} (axes: {', '.join(cs.strategy.get('axes', [])) or 'none'}, "
-             f"allocation {cs.strategy.get('allocation')}), seed {cs.seed}, version {cs.manifest.get('version')}",
-             f"- weights: {cs.weights_id}; slices: {cov.n_set} of a population of {cov.n_population}",
-             f"- slice max HU in the set: {cov.hu['slice_max_hu_min']:.0f} .. {cov.hu['slice_max_hu_max']:.0f} "
-             f"(median {cov.hu['slice_max_hu_median']:.0f})", ""]
+    lines = [
+        f"# Calibration set {cov.set_id}",
+        "",
+        f"- strategy: {cs.strategy.get('name')} (axes: {', '.join(cs.strategy.get('axes', [])) or 'none'}, "
+        f"allocation {cs.strategy.get('allocation')}), seed {cs.seed}, version {cs.manifest.get('version')}",
+        f"- weights: {cs.weights_id}; slices: {cov.n_set} of a population of {cov.n_population}",
+        f"- slice max HU in the set: {cov.hu['slice_max_hu_min']:.0f} .. {cov.hu['slice_max_hu_max']:.0f} "
+        f"(median {cov.hu['slice_max_hu_median']:.0f})",
+        "",
+    ]
     for note in cov.notes:
         lines.append(f"- note: {note}")
     lines += ["", "| axis | label | population | in set | status |", "|---|---|---:|---:|---|"]
@@ -117,8 +139,10 @@ def coverage_markdown(cov: Coverage, cs: CalibrationSet) -> str:
         lines.append(f"| {r.axis} | {r.label} | {r.population} | {r.in_set} | {r.status} |")
     gaps = cov.gaps
     lines += ["", f"## Gaps ({len(gaps)})", ""]
-    lines += [f"- {r.axis} `{r.label}`: {r.in_set} in the set, {r.population} in the population ({r.status})"
-              for r in gaps] or ["- none"]
+    lines += [
+        f"- {r.axis} `{r.label}`: {r.in_set} in the set, {r.population} in the population ({r.status})"
+        for r in gaps
+    ] or ["- none"]
     return "\n".join(lines) + "\n"
 
 
@@ -127,22 +151,37 @@ def print_coverage(cov: Coverage, cs: CalibrationSet) -> None:
     from rich.table import Table
 
     console = Console(stderr=True)
-    t = Table(title=f"{cov.set_id}: {cov.n_set} slices of {cov.n_population} "
-                    f"(strategy {cs.strategy.get('name')}, seed {cs.seed})")
-    for col, just in (("axis", "left"), ("label", "left"), ("population", "right"), ("in set", "right"),
-                      ("share", "right"), ("status", "left")):
+    t = Table(
+        title=f"{cov.set_id}: {cov.n_set} slices of {cov.n_population} "
+        f"(strategy {cs.strategy.get('name')}, seed {cs.seed})"
+    )
+    for col, just in (
+        ("axis", "left"),
+        ("label", "left"),
+        ("population", "right"),
+        ("in set", "right"),
+        ("share", "right"),
+        ("status", "left"),
+    ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     style = {"ok": "green", "few": "yellow", "missing": "bold red"}
     for r in cov.rows:
         share = f"{100 * r.in_set / cov.n_set:.1f}%" if cov.n_set else "-"
-        t.add_row(r.axis, r.label, str(r.population), str(r.in_set), share, f"[{style[r.status]}]{r.status}[/]")
+        t.add_row(
+            r.axis, r.label, str(r.population), str(r.in_set), share, f"[{style[r.status]}]{r.status}[/]"
+        )
     console.print(t)
-    console.print(f"slice max HU in the set: {cov.hu['slice_max_hu_min']:.0f} .. {cov.hu['slice_max_hu_max']:.0f}")
+    console.print(
+        f"slice max HU in the set: {cov.hu['slice_max_hu_min']:.0f} .. {cov.hu['slice_max_hu_max']:.0f}"
+    )
     for note in cov.notes:
         console.print(f"[cyan]note:[/] {note}")
     if cov.gaps:
-        console.print(f"[yellow]{len(cov.gaps)} gap(s): " + "; ".join(f"{r.axis} {r.label} ({r.status})"
-                                                                       for r in cov.gaps[:8]) + "[/]")
+        console.print(
+            f"[yellow]{len(cov.gaps)} gap(s): "
+            + "; ".join(f"{r.axis} {r.label} ({r.status})" for r in cov.gaps[:8])
+            + "[/]"
+        )
 
 
 def input_histograms(sets: dict[str, CalibrationSet], path: Path) -> Path:
@@ -169,8 +208,14 @@ def input_histograms(sets: dict[str, CalibrationSet], path: Path) -> Path:
         vals = np.array([float(s.stats["hu_max"]) for s in cs.slices])
         if h:
             edges = np.asarray(h["edges"])
-            ax.hist(np.clip(vals, edges[0], edges[-1]), bins=edges, histtype="step", density=True, linewidth=1.3,
-                    label=f"{label}: set")
+            ax.hist(
+                np.clip(vals, edges[0], edges[-1]),
+                bins=edges,
+                histtype="step",
+                density=True,
+                linewidth=1.3,
+                label=f"{label}: set",
+            )
             if len(sets) == 1:
                 counts = np.asarray(h["counts"], dtype=float)
                 widths = np.diff(edges)
@@ -193,8 +238,10 @@ def input_histograms(sets: dict[str, CalibrationSet], path: Path) -> Path:
 def resolve_weights(cs: CalibrationSet, weights: Path | None) -> Path:
     w = Path(weights) if weights is not None else Path(str(cs.manifest.get("weights_dir", "")))
     if not (w / "config.json").is_file():
-        raise FileNotFoundError(f"{w}: no weights folder (config.json) for the activation ranges; pass --weights DIR "
-                                f"(the set was built for weights {cs.weights_id!r})")
+        raise FileNotFoundError(
+            f"{w}: no weights folder (config.json) for the activation ranges; pass --weights DIR "
+            f"(the set was built for weights {cs.weights_id!r})"
+        )
     return w
 
 
@@ -210,12 +257,15 @@ def check_preprocess_matches(cs: CalibrationSet, weights_dir: Path) -> None:
         got.pop("output_dtype", None)
         if want != got:
             diff = {k: (got.get(k), want.get(k)) for k in want if got.get(k) != want.get(k)}
-            raise ValueError(f"{cs.directory}: the set was preprocessed for {role} with {diff} (set, weights) — it "
-                             f"does not fit {weights_dir}; build a set for these weights")
+            raise ValueError(
+                f"{cs.directory}: the set was preprocessed for {role} with {diff} (set, weights) — it "
+                f"does not fit {weights_dir}; build a set for these weights"
+            )
 
 
-def role_activations(cs: CalibrationSet, weights_dir: Path, role: str, progress: Any = None,
-                     max_slices: int | None = None) -> tuple[list[Any], dict[str, Any]]:
+def role_activations(
+    cs: CalibrationSet, weights_dir: Path, role: str, progress: Any = None, max_slices: int | None = None
+) -> tuple[list[Any], dict[str, Any]]:
     """Activation ranges of the FP32 model of ``role`` over the set, cached in SET/inspect/ by ONNX hash."""
     from cacstream.calibration.activations import activation_ranges, load_ranges, save_ranges
     from cacstream.calibration.sets import sha256_file
@@ -229,15 +279,23 @@ def role_activations(cs: CalibrationSet, weights_dir: Path, role: str, progress:
         ranges, meta = load_ranges(cache)
         if meta.get("onnx_sha256") == sha and meta.get("set_id") == cs.set_id and meta.get("slices") == n:
             return ranges, meta
-    ranges = activation_ranges(onnx_path, cs.inputs[role][:n], progress=progress)
+    size = int(cs.inputs[role].shape[-1])
+    # a 512² U-Net's exposed intermediate tensors take ~0.5 GB per slice: small batches keep memory flat
+    ranges = activation_ranges(onnx_path, cs.inputs[role][:n], batch_size=2 if size >= 384 else 8, progress=progress)
     meta = {"set_id": cs.set_id, "role": role, "onnx": str(onnx_path), "onnx_sha256": sha, "slices": n}
     save_ranges(cache, ranges, meta)
     return ranges, meta
 
 
-def inspect_set(cs: CalibrationSet, *, weights: Path | None = None, activations: bool = True,
-                min_per_stratum: int = DEFAULT_MIN_PER_STRATUM, quiet: bool = False,
-                max_slices: int | None = None) -> dict[str, Any]:
+def inspect_set(
+    cs: CalibrationSet,
+    *,
+    weights: Path | None = None,
+    activations: bool = True,
+    min_per_stratum: int = DEFAULT_MIN_PER_STRATUM,
+    quiet: bool = False,
+    max_slices: int | None = None,
+) -> dict[str, Any]:
     """Write SET/inspect/* and return a summary (paths, gaps)."""
     from cacstream.calibration.activations import plot_ranges
     from cacstream.calibration.progress import progress_bar
@@ -249,8 +307,11 @@ def inspect_set(cs: CalibrationSet, *, weights: Path | None = None, activations:
     (out / "coverage.md").write_text(coverage_markdown(cov, cs))
     if not quiet:
         print_coverage(cov, cs)
-    files = {"coverage_json": out / "coverage.json", "coverage_md": out / "coverage.md",
-             "inputs_png": input_histograms({cs.name: cs}, out / "inputs.png")}
+    files = {
+        "coverage_json": out / "coverage.json",
+        "coverage_md": out / "coverage.md",
+        "inputs_png": input_histograms({cs.name: cs}, out / "inputs.png"),
+    }
     layers: dict[str, int] = {}
     if activations:
         w = resolve_weights(cs, weights)
@@ -260,6 +321,9 @@ def inspect_set(cs: CalibrationSet, *, weights: Path | None = None, activations:
                 ranges, _ = role_activations(cs, w, role, bar, max_slices)
                 layers[role] = len(ranges)
                 files[f"activations_{role}_json"] = out / f"activations_{role}.json"
-                files[f"activations_{role}_png"] = plot_ranges({cs.name: ranges}, out / f"activations_{role}.png",
-                                                               f"{role}: activation ranges over {cs.set_id}")
+                files[f"activations_{role}_png"] = plot_ranges(
+                    {cs.name: ranges},
+                    out / f"activations_{role}.png",
+                    f"{role}: activation ranges over {cs.set_id}",
+                )
     return {"coverage": cov, "files": {k: str(v) for k, v in files.items()}, "layers": layers}

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cacstream.calibration.sets import ROLES, CalibrationSet, sha256_file
 
 METHODS: tuple[str, ...] = ("entropy", "max", "percentile")
@@ -59,19 +58,19 @@ class QuantizeError(RuntimeError):
 @dataclass(frozen=True)
 class QuantizeConfig:
     """Attributes:
-        method: "entropy" (KL-divergence thresholds, TensorRT's classic choice, recommended), "max"
-            (min/max of the set: keeps every outlier, coarsest steps) or "percentile" (clips the top
-            ``100 - percentile`` % of magnitudes).
-        per_channel: one weight scale per output channel (recommended; per-tensor is coarser).
-        op_types: ONNX op types whose inputs get Q/DQ.
-        percentile: for method "percentile".
-        max_slices: use at most this many slices of the set (None: all).
-        batch_size: slices per calibration run (None: 8, or 2 for inputs of 384² and more, to bound memory).
-        check_slices: slices of the set used for the FP32-vs-INT8 check recorded in int8.json.
-        keep_first_last: leave the first and the last weighted layer in FP32 (recommended). The first
-            layer sees the normalised HU image, where 8 bits give ~16 HU steps over a 4000 HU
-            slice range; the last one produces the logits whose small margins decide the class. On
-            the tiny test U-Net, quantizing them costs 13 points of argmax agreement with FP32.
+    method: "entropy" (KL-divergence thresholds, TensorRT's classic choice, recommended), "max"
+        (min/max of the set: keeps every outlier, coarsest steps) or "percentile" (clips the top
+        ``100 - percentile`` % of magnitudes).
+    per_channel: one weight scale per output channel (recommended; per-tensor is coarser).
+    op_types: ONNX op types whose inputs get Q/DQ.
+    percentile: for method "percentile".
+    max_slices: use at most this many slices of the set (None: all).
+    batch_size: slices per calibration run (None: 8, or 2 for inputs of 384² and more, to bound memory).
+    check_slices: slices of the set used for the FP32-vs-INT8 check recorded in int8.json.
+    keep_first_last: leave the first and the last weighted layer in FP32 (recommended). The first
+        layer sees the normalised HU image, where 8 bits give ~16 HU steps over a 4000 HU
+        slice range; the last one produces the logits whose small margins decide the class. On
+        the tiny test U-Net, quantizing them costs 13 points of argmax agreement with FP32.
     """
 
     method: str = "entropy"
@@ -95,8 +94,11 @@ class QuantizeConfig:
 def _ort_method(method: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
-            "percentile": CalibrationMethod.Percentile}[method]
+    return {
+        "entropy": CalibrationMethod.Entropy,
+        "max": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
 
 
 class SetReader:
@@ -122,7 +124,7 @@ class SetReader:
             return None
         a = self._next * self.batch
         self._next += 1
-        return {self.name: np.ascontiguousarray(self.inputs[a:a + self.batch], dtype=np.float32)}
+        return {self.name: np.ascontiguousarray(self.inputs[a : a + self.batch], dtype=np.float32)}
 
     def rewind(self) -> None:
         self.set_range(0, self.n_batches)
@@ -164,8 +166,9 @@ def qdq_node_count(path: Path) -> int:
     return sum(1 for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in QDQ)
 
 
-def compare_outputs(fp32: Path, int8: Path, inputs: np.ndarray, role: str, threshold: float | None,
-                    batch_size: int = 8) -> dict[str, float]:
+def compare_outputs(
+    fp32: Path, int8: Path, inputs: np.ndarray, role: str, threshold: float | None, batch_size: int = 8
+) -> dict[str, float]:
     """FP32 vs INT8 in ONNX Runtime CPU on the same inputs: max |logit diff| and decision agreement."""
     import onnxruntime as ort
 
@@ -174,13 +177,15 @@ def compare_outputs(fp32: Path, int8: Path, inputs: np.ndarray, role: str, thres
     a = ort.InferenceSession(str(fp32), opts, providers=["CPUExecutionProvider"])
     try:
         b = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise QuantizeError(f"{int8}: ONNX Runtime cannot load the INT8 graph ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        raise QuantizeError(
+            f"{int8}: ONNX Runtime cannot load the INT8 graph ({type(e).__name__}: {e})"
+        ) from None
     name_a, name_b = a.get_inputs()[0].name, b.get_inputs()[0].name
     worst = 0.0
     agree = total = 0
     for s in range(0, len(inputs), batch_size):
-        x = np.ascontiguousarray(inputs[s:s + batch_size], dtype=np.float32)
+        x = np.ascontiguousarray(inputs[s : s + batch_size], dtype=np.float32)
         ya = a.run(None, {name_a: x})[0].astype(np.float64)
         yb = b.run(None, {name_b: x})[0].astype(np.float64)
         worst = max(worst, float(np.max(np.abs(ya - yb))))
@@ -193,7 +198,7 @@ def compare_outputs(fp32: Path, int8: Path, inputs: np.ndarray, role: str, thres
             agree += int(same.sum())
             total += same.size
     key = "decision_agreement" if role == "filter" else "argmax_pixel_agreement"
-    return {"max_abs_logit_diff": worst, key: agree / max(1, total), "slices": int(len(inputs))}
+    return {"max_abs_logit_diff": worst, key: agree / max(1, total), "slices": len(inputs)}
 
 
 def _versions() -> dict[str, str]:
@@ -207,7 +212,11 @@ def first_last_weighted(model_path: Path, op_types: tuple[str, ...]) -> list[str
     """Names of the first and the last node of ``op_types`` in graph (topological) order."""
     import onnx
 
-    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type in op_types]
+    names = [
+        n.name
+        for n in onnx.load(str(model_path), load_external_data=False).graph.node
+        if n.op_type in op_types
+    ]
     return list(dict.fromkeys([names[0], names[-1]])) if names else []
 
 
@@ -225,8 +234,10 @@ def quantize_model(src: Path, dst: Path, inputs: np.ndarray, config: QuantizeCon
         try:
             # shape inference only: ORT's optimiser would fuse into com.microsoft ops TensorRT cannot read
             quant_pre_process(str(src), str(pre), skip_optimization=True)
-        except Exception as e:
-            raise QuantizeError(f"{src}: shape inference before quantisation failed ({type(e).__name__}: {e})") from None
+        except Exception as e:  # noqa: BLE001 - onnx / ORT raise many types
+            raise QuantizeError(
+                f"{src}: shape inference before quantisation failed ({type(e).__name__}: {e})"
+            ) from None
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         name = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]).get_inputs()[0].name
@@ -234,19 +245,34 @@ def quantize_model(src: Path, dst: Path, inputs: np.ndarray, config: QuantizeCon
         excluded = first_last_weighted(pre, config.op_types) if config.keep_first_last else []
         # one batch per collection (CalibStridedMinMax=1): bounded memory, and ORT's histogram collectors
         # cannot stack a short last batch with full ones
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                 "CalibStridedMinMax": 1, "CalibPercentile": config.percentile}
+        extra = {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "CalibStridedMinMax": 1,
+            "CalibPercentile": config.percentile,
+        }
         out = Path(tmp) / "int8.onnx"
         sink = io.StringIO()
         try:
             with contextlib.redirect_stdout(sink):  # the histogram calibrators print progress lines
-                quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ,
-                                per_channel=config.per_channel, activation_type=QuantType.QInt8,
-                                weight_type=QuantType.QInt8, calibrate_method=_ort_method(config.method),
-                                op_types_to_quantize=list(config.op_types), nodes_to_exclude=excluded,
-                                extra_options=extra)
-        except Exception as e:
-            raise QuantizeError(f"{src}: ONNX Runtime quantize_static failed ({type(e).__name__}: {e})") from None
+                quantize_static(
+                    str(pre),
+                    str(out),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=config.per_channel,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=_ort_method(config.method),
+                    op_types_to_quantize=list(config.op_types),
+                    nodes_to_exclude=excluded,
+                    extra_options=extra,
+                )
+        except Exception as e:  # noqa: BLE001 - the quantizer raises many types
+            raise QuantizeError(
+                f"{src}: ONNX Runtime quantize_static failed ({type(e).__name__}: {e})"
+            ) from None
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp_dst = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         shutil.copyfile(out, tmp_dst)
@@ -254,12 +280,17 @@ def quantize_model(src: Path, dst: Path, inputs: np.ndarray, config: QuantizeCon
     return excluded
 
 
-def quantize_weights(weights_dir: Path, cs: CalibrationSet, out_dir: Path | None = None,
-                     config: QuantizeConfig = QuantizeConfig(), *, roles: tuple[str, ...] = ROLES,
-                     quiet: bool = False) -> dict[str, Any]:
+def quantize_weights(
+    weights_dir: Path,
+    cs: CalibrationSet,
+    out_dir: Path | None = None,
+    config: QuantizeConfig = QuantizeConfig(),
+    *,
+    roles: tuple[str, ...] = ROLES,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """INT8 Q/DQ graphs of the weights' models from the set; returns (and writes) the int8.json record."""
     import onnx
-
     from cacstream.calibration.inspect import check_preprocess_matches
     from cacstream.calibration.progress import progress_bar
     from cacstream.engine.inference.weights_spec import read_weights_spec
@@ -270,16 +301,29 @@ def quantize_weights(weights_dir: Path, cs: CalibrationSet, out_dir: Path | None
     check_preprocess_matches(cs, weights_dir)
     n = len(cs) if config.max_slices is None else min(len(cs), config.max_slices)
     record: dict[str, Any] = {
-        "format": INT8_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "weights_id": spec.weights_id, "weights_dir": str(weights_dir.resolve()),
-        "calibration_set": {"set_id": cs.set_id, "version": cs.manifest.get("version"), "dir": str(cs.directory.resolve()),
-                            "strategy": cs.strategy, "seed": cs.seed, "slices_used": n},
-        "method": config.method, "per_channel": config.per_channel, "op_types": list(config.op_types),
+        "format": INT8_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "weights_id": spec.weights_id,
+        "weights_dir": str(weights_dir.resolve()),
+        "calibration_set": {
+            "set_id": cs.set_id,
+            "version": cs.manifest.get("version"),
+            "dir": str(cs.directory.resolve()),
+            "strategy": cs.strategy,
+            "seed": cs.seed,
+            "slices_used": n,
+        },
+        "method": config.method,
+        "per_channel": config.per_channel,
+        "op_types": list(config.op_types),
         "keep_first_last": config.keep_first_last,
         "percentile": config.percentile if config.method == "percentile" else None,
-        "quantization": {"format": "QDQ", "activations": "int8, symmetric (zero point 0), per tensor",
-                         "weights": f"int8, symmetric (zero point 0), per {'channel' if config.per_channel else 'tensor'}",
-                         "bias": "float32 (not quantized)"},
+        "quantization": {
+            "format": "QDQ",
+            "activations": "int8, symmetric (zero point 0), per tensor",
+            "weights": f"int8, symmetric (zero point 0), per {'channel' if config.per_channel else 'tensor'}",
+            "bias": "float32 (not quantized)",
+        },
         "tool": {"name": "onnxruntime.quantization.quantize_static", **_versions()},
         "models": {},
     }
@@ -303,16 +347,24 @@ def quantize_weights(weights_dir: Path, cs: CalibrationSet, out_dir: Path | None
             seconds = time.perf_counter() - t0
             try:
                 onnx.checker.check_model(str(dst))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - onnx.checker raises ValidationError and others
                 dst.unlink(missing_ok=True)
                 raise QuantizeError(f"{dst}: the quantized graph is not valid ONNX ({e})") from None
             problems = tensorrt_qdq_problems(dst)
-            check = compare_outputs(src, dst, inputs[:config.check_slices], role,
-                                    m.threshold if role == "filter" else None)
+            check = compare_outputs(
+                src, dst, inputs[: config.check_slices], role, m.threshold if role == "filter" else None
+            )
             record["models"][m.section] = {
-                "role": role, "source": src.name, "source_sha256": sha256_file(src), "output": dst.name,
-                "output_sha256": sha256_file(dst), "qdq_nodes": qdq_node_count(dst), "kept_fp32_nodes": kept_fp32, "seconds": round(seconds, 2),
-                "tensorrt_qdq_problems": problems, "check_vs_fp32": check,
+                "role": role,
+                "source": src.name,
+                "source_sha256": sha256_file(src),
+                "output": dst.name,
+                "output_sha256": sha256_file(dst),
+                "qdq_nodes": qdq_node_count(dst),
+                "kept_fp32_nodes": kept_fp32,
+                "seconds": round(seconds, 2),
+                "tensorrt_qdq_problems": problems,
+                "check_vs_fp32": check,
             }
             bar.advance(task)
     out_dir.mkdir(parents=True, exist_ok=True)

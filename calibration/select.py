@@ -76,8 +76,14 @@ class SelectionConfig:
         return axes_of(self.strategy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.strategy, "axes": list(self.axes), "n": self.n, "allocation": self.allocation,
-                "near_band": self.near_band, "hu_bins": self.hu_bins}
+        return {
+            "name": self.strategy,
+            "axes": list(self.axes),
+            "n": self.n,
+            "allocation": self.allocation,
+            "near_band": self.near_band,
+            "hu_bins": self.hu_bins,
+        }
 
 
 def axes_of(strategy: str) -> tuple[str, ...]:
@@ -87,8 +93,10 @@ def axes_of(strategy: str) -> tuple[str, ...]:
     parts = tuple(p for p in strategy.split("+") if p)
     bad = [p for p in parts if p not in AXES]
     if not parts or bad:
-        raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)} or axes joined with '+' "
-                         f"({', '.join(AXES)})")
+        raise ValueError(
+            f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)} or axes joined with '+' "
+            f"({', '.join(AXES)})"
+        )
     return tuple(a for a in AXES if a in parts)  # canonical order
 
 
@@ -134,8 +142,9 @@ def hu_label(hu_max: float, calcium_count: int, edges: np.ndarray) -> str:
     return f"max_q{q} {'calc' if calcium_count > 0 else 'no_calc'}"
 
 
-def label_population(cands: list[Candidate], config: SelectionConfig,
-                     threshold: float | None) -> tuple[list[dict[str, str]], dict[str, Any]]:
+def label_population(
+    cands: list[Candidate], config: SelectionConfig, threshold: float | None
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Per candidate {axis: label} for every axis (the ones the strategy does not use too, when the
     facts are there, so that inspect can show coverage along every axis), plus the binning used."""
     edges = hu_edges(np.array([c.hu_max for c in cands], dtype=np.float64), config.hu_bins)
@@ -148,8 +157,11 @@ def label_population(cands: list[Candidate], config: SelectionConfig,
         if have_p:
             lab["filter"] = filter_label(c.filter_probability, float(threshold), config.near_band)  # type: ignore[arg-type]
         out.append(lab)
-    return out, {"hu_max_edges": [float(e) for e in edges], "filter_threshold": threshold,
-                 "near_band": config.near_band}
+    return out, {
+        "hu_max_edges": [float(e) for e in edges],
+        "filter_threshold": threshold,
+        "near_band": config.near_band,
+    }
 
 
 def stratum_of(labels: dict[str, str], axes: tuple[str, ...]) -> str:
@@ -218,7 +230,9 @@ class Selection:
     binning: dict[str, Any]
 
 
-def select_slices(cands: list[Candidate], config: SelectionConfig, threshold: float | None = None) -> Selection:
+def select_slices(
+    cands: list[Candidate], config: SelectionConfig, threshold: float | None = None
+) -> Selection:
     """Choose the set's slices from the population (in the order given; keep that order stable)."""
     if not cands:
         raise ValueError("no slices to choose from (the sources hold no eligible series)")
@@ -236,8 +250,14 @@ def select_slices(cands: list[Candidate], config: SelectionConfig, threshold: fl
         pick = _stratum_rng(config.seed, k).choice(len(members[k]), size=take[k], replace=False)
         chosen.extend((members[k][j], k) for j in sorted(pick.tolist()))
     chosen.sort()
-    return Selection([i for i, _ in chosen], [k for _, k in chosen], labels, dict(sorted(sizes.items())),
-                     {k: take[k] for k in sorted(take)}, binning)
+    return Selection(
+        [i for i, _ in chosen],
+        [k for _, k in chosen],
+        labels,
+        dict(sorted(sizes.items())),
+        {k: take[k] for k in sorted(take)},
+        binning,
+    )
 
 
 def axis_counts(labels: list[dict[str, str]], indices: list[int] | None = None) -> dict[str, dict[str, int]]:

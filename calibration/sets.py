@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cacstream.kernels.config import PreprocessConfig
 
 SET_FORMAT = "cacstream-calibration-set/1"
@@ -57,15 +56,29 @@ class SliceRecord:
     stats: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sop_instance_uid": self.sop_instance_uid,
-                "series_instance_uid": self.series_instance_uid, "slice_index": self.slice_index,
-                "frame": self.frame, "stratum": self.stratum, "strata": dict(self.strata), "stats": dict(self.stats)}
+        return {
+            "path": self.path,
+            "sop_instance_uid": self.sop_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "slice_index": self.slice_index,
+            "frame": self.frame,
+            "stratum": self.stratum,
+            "strata": dict(self.strata),
+            "stats": dict(self.stats),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SliceRecord:
-        return cls(str(d["path"]), str(d["sop_instance_uid"]), str(d["series_instance_uid"]), int(d["slice_index"]),
-                   None if d.get("frame") is None else int(d["frame"]), str(d["stratum"]),
-                   {str(k): str(v) for k, v in d.get("strata", {}).items()}, dict(d.get("stats", {})))
+        return cls(
+            str(d["path"]),
+            str(d["sop_instance_uid"]),
+            str(d["series_instance_uid"]),
+            int(d["slice_index"]),
+            None if d.get("frame") is None else int(d["frame"]),
+            str(d["stratum"]),
+            {str(k): str(v) for k, v in d.get("strata", {}).items()},
+            dict(d.get("stats", {})),
+        )
 
 
 @dataclass
@@ -125,11 +138,25 @@ def _set_hash(array_shas: dict[str, str], slices: list[SliceRecord]) -> str:
     return h.hexdigest()
 
 
-def write_set(directory: Path, *, name: str, version: int, strategy: dict[str, Any], seed: int, weights_id: str,
-              weights_dir: str, preprocess: dict[str, PreprocessConfig], filter_threshold: float | None,
-              slices: list[SliceRecord], inputs: dict[str, np.ndarray], population: dict[str, Any],
-              sources: list[str], command: list[str] | None = None, overwrite: bool = False,
-              extra: dict[str, Any] | None = None) -> CalibrationSet:
+def write_set(
+    directory: Path,
+    *,
+    name: str,
+    version: int,
+    strategy: dict[str, Any],
+    seed: int,
+    weights_id: str,
+    weights_dir: str,
+    preprocess: dict[str, PreprocessConfig],
+    filter_threshold: float | None,
+    slices: list[SliceRecord],
+    inputs: dict[str, np.ndarray],
+    population: dict[str, Any],
+    sources: list[str],
+    command: list[str] | None = None,
+    overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> CalibrationSet:
     """Write a set atomically (into a hidden temporary folder, then renamed), and return it loaded.
 
     ``inputs[role]`` must be (N, 1, S, S) float32 with N = len(slices) and S = preprocess[role].input_size.
@@ -137,11 +164,14 @@ def write_set(directory: Path, *, name: str, version: int, strategy: dict[str, A
     directory = Path(directory)
     if directory.exists():
         if not overwrite:
-            raise CalibrationSetError(f"{directory}: already exists; choose another folder or pass --overwrite "
-                                      "(a set is never changed in place: its id names its content)")
+            raise CalibrationSetError(
+                f"{directory}: already exists; choose another folder or pass --overwrite "
+                "(a set is never changed in place: its id names its content)"
+            )
         if not (directory / MANIFEST).is_file() and any(directory.iterdir()):
-            raise CalibrationSetError(f"{directory}: exists, is not empty and is not a calibration set; refusing "
-                                      "to overwrite it")
+            raise CalibrationSetError(
+                f"{directory}: exists, is not empty and is not a calibration set; refusing to overwrite it"
+            )
     if version < 1:
         raise CalibrationSetError(f"set version must be >= 1, got {version}")
     n = len(slices)
@@ -151,8 +181,9 @@ def write_set(directory: Path, *, name: str, version: int, strategy: dict[str, A
         a = inputs[role]
         s = preprocess[role].input_size
         if a.shape != (n, 1, s, s) or a.dtype != np.float32:
-            raise CalibrationSetError(f"{directory}: {role} inputs must be ({n}, 1, {s}, {s}) float32, got "
-                                      f"{a.shape} {a.dtype}")
+            raise CalibrationSetError(
+                f"{directory}: {role} inputs must be ({n}, 1, {s}, {s}) float32, got {a.shape} {a.dtype}"
+            )
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -164,8 +195,12 @@ def write_set(directory: Path, *, name: str, version: int, strategy: dict[str, A
             path = tmp / ARRAY_FILES[role]
             np.save(path, np.ascontiguousarray(inputs[role]))
             shas[role] = sha256_file(path)
-            arrays[role] = {"file": ARRAY_FILES[role], "shape": list(inputs[role].shape), "dtype": "float32",
-                            "sha256": shas[role]}
+            arrays[role] = {
+                "file": ARRAY_FILES[role],
+                "shape": list(inputs[role].shape),
+                "dtype": "float32",
+                "sha256": shas[role],
+            }
         set_id = f"{name}@{_set_hash(shas, slices)[:12]}"
         manifest: dict[str, Any] = {
             "format": SET_FORMAT,
@@ -200,8 +235,10 @@ def write_set(directory: Path, *, name: str, version: int, strategy: dict[str, A
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise CalibrationSetError(f"{path}: not found — {directory} is not a calibration set "
-                                  "(build one with `cacstream calibrate build`)")
+        raise CalibrationSetError(
+            f"{path}: not found — {directory} is not a calibration set "
+            "(build one with `cacstream calibrate build`)"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -233,15 +270,19 @@ def load_set(directory: Path | str, *, verify: bool = True, mmap: bool = True) -
         if not path.is_file():
             raise CalibrationSetError(f"{path}: array file missing (listed in {where})")
         if verify and sha256_file(path) != meta["sha256"]:
-            raise CalibrationSetError(f"{path}: content does not match the SHA-256 in {where}; the set was modified "
-                                      "after it was built — rebuild it")
+            raise CalibrationSetError(
+                f"{path}: content does not match the SHA-256 in {where}; the set was modified "
+                "after it was built — rebuild it"
+            )
         try:
             arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (ValueError, OSError) as e:
             raise CalibrationSetError(f"{path}: not a readable .npy array ({e})") from None
         size = int(manifest["preprocess"][role]["input_size"])
         if arr.shape != (len(slices), 1, size, size) or arr.dtype != np.float32:
-            raise CalibrationSetError(f"{path}: shape {arr.shape} {arr.dtype}, expected ({len(slices)}, 1, {size}, "
-                                      f"{size}) float32 per {where}")
+            raise CalibrationSetError(
+                f"{path}: shape {arr.shape} {arr.dtype}, expected ({len(slices)}, 1, {size}, "
+                f"{size}) float32 per {where}"
+            )
         inputs[role] = arr
     return CalibrationSet(directory, manifest, slices, inputs)

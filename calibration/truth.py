@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cacstream.engine.series.types import Series
 
 
@@ -71,7 +70,9 @@ def find_truth(series: Series, *, with_labels: bool = True) -> SeriesTruth | Non
             with np.load(lab_path) as z_file:
                 labels = np.asarray(z_file["labels"], dtype=np.uint8)
             if labels.shape != (n, series.geometry.rows, series.geometry.columns):
-                raise TruthError(f"{lab_path}: labels of shape {labels.shape} for a series of "
-                                 f"{(n, series.geometry.rows, series.geometry.columns)}")
+                raise TruthError(
+                    f"{lab_path}: labels of shape {labels.shape} for a series of "
+                    f"{(n, series.geometry.rows, series.geometry.columns)}"
+                )
         return SeriesTruth(truth, flags, labels, path)
     return None

@@ -10,14 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from _tiny_weights import MATRIX, tiny_weights_dir
 
 _CACHE: dict[str, Path] = {}
 
 #: (seed, kind, forced risk category) of the series written for the calibration tests.
-SERIES = ((9500, "cardiac_gated", "101-400"), (9501, "chest", "0"), (9502, "cardiac_gated", ">400"),
-          (9504, "chest", "11-100"))
+SERIES = (
+    (9500, "cardiac_gated", "101-400"),
+    (9501, "chest", "0"),
+    (9502, "cardiac_gated", ">400"),
+    (9504, "chest", "11-100"),
+)
 Z_COVERAGE_MM = 30.0
 
 
@@ -28,8 +31,16 @@ def phantom_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
         root = tmp_path_factory.mktemp("calib_phantoms")
         for seed, kind, cat in SERIES:
-            case = make_phantom(seed, PhantomConfig(kind=kind, matrix=MATRIX, z_coverage_mm=Z_COVERAGE_MM,  # type: ignore[arg-type]
-                                                    calcium_category=cat, thickness_mm=3.0))
+            case = make_phantom(
+                seed,
+                PhantomConfig(
+                    kind=kind,
+                    matrix=MATRIX,
+                    z_coverage_mm=Z_COVERAGE_MM,  # type: ignore[arg-type]
+                    calcium_category=cat,
+                    thickness_mm=3.0,
+                ),
+            )
             write_series(case, root)
         _CACHE["phantoms"] = root
     return _CACHE["phantoms"]
@@ -42,7 +53,12 @@ def calibration_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
         from cacstream.calibration.select import SelectionConfig
 
         out = tmp_path_factory.mktemp("calib_set") / "set"
-        build_set([phantom_folder(tmp_path_factory)], out, tiny_weights_dir(tmp_path_factory),
-                  BuildConfig(SelectionConfig(n=24, seed=7), name="test"), quiet=True)
+        build_set(
+            [phantom_folder(tmp_path_factory)],
+            out,
+            tiny_weights_dir(tmp_path_factory),
+            BuildConfig(SelectionConfig(n=24, seed=7), name="test"),
+            quiet=True,
+        )
         _CACHE["set"] = out
     return _CACHE["set"]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _tiny_weights import tiny_weights_dir
 
 
@@ -37,8 +36,22 @@ def test_short_mode_writes_json_md_png(weights: Path, tmp_path: Path) -> None:
     from cacstream.engine.cli import main
 
     t0 = time.perf_counter()
-    code = main(["bench", "pipeline", "--short", "--weights", str(weights), "--json", str(tmp_path / "b.json"),
-                 "--md", str(tmp_path / "b.md"), "--png", str(tmp_path / "b.png"), "--quiet"])
+    code = main(
+        [
+            "bench",
+            "pipeline",
+            "--short",
+            "--weights",
+            str(weights),
+            "--json",
+            str(tmp_path / "b.json"),
+            "--md",
+            str(tmp_path / "b.md"),
+            "--png",
+            str(tmp_path / "b.png"),
+            "--quiet",
+        ]
+    )
     seconds = time.perf_counter() - t0
     assert code == 0
     f = json.loads((tmp_path / "b.json").read_text())
@@ -51,8 +64,9 @@ def test_short_mode_writes_json_md_png(weights: Path, tmp_path: Path) -> None:
         s = c["stages_ms"][st]
         assert 0 <= s["min"] <= s["p50"] <= s["p95"] <= s["max"], st
     e = c["end_to_end_ms"]
-    assert e["p50"] > 0 and c["slices_per_s"] == pytest.approx(c["stages_ms_per_slice_p50"] and
-                                                              (c["slices_per_s"]))  # finite
+    assert e["p50"] > 0 and c["slices_median"] == 10  # 28 mm at 3 mm: the short phantom's 10 slices
+    assert c["slices_per_s"] == pytest.approx(10 / (e["p50"] / 1e3))
+    assert c["stages_ms_per_slice_p50"]["decode"] == pytest.approx(c["stages_ms"]["decode"]["p50"] / 10)
     assert c["series_per_hour"] == pytest.approx(3600.0 / (e["p50"] / 1e3))
     naive = f["baselines"]["naive_serial"]
     assert f["summary"]["speedup_vs_naive_p50"] == pytest.approx(naive["end_to_end_ms"]["p50"] / e["p50"])
@@ -70,8 +84,9 @@ def test_short_mode_writes_json_md_png(weights: Path, tmp_path: Path) -> None:
     assert seconds < 120, seconds  # CI budget on a loaded 2-core machine; ~25 s idle
 
 
-def test_missing_weights_and_bad_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_weights_and_bad_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cacstream.engine.cli import main
 
     monkeypatch.setenv("CACSTREAM_WEIGHTS", str(tmp_path / "nowhere"))

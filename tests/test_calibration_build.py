@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _calibration_data import SERIES, calibration_set, phantom_folder
 from _tiny_weights import tiny_weights_dir
 from cacstream.calibration.sets import load_set
@@ -20,11 +19,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cset(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def cset(tmp_path_factory: pytest.TempPathFactory):
     return load_set(calibration_set(tmp_path_factory))
 
 
-def test_manifest_records_the_provenance_of_every_slice(cset, weights: Path) -> None:  # noqa: ANN001
+def test_manifest_records_the_provenance_of_every_slice(cset, weights: Path) -> None:
     import pydicom
 
     m = cset.manifest
@@ -45,10 +44,9 @@ def test_manifest_records_the_provenance_of_every_slice(cset, weights: Path) -> 
         assert abs(s.stats["z_mm"] - truth["geometry"]["z_mm"][s.slice_index]) < 0.01
 
 
-def test_stored_inputs_are_the_models_input(cset, weights: Path) -> None:  # noqa: ANN001
+def test_stored_inputs_are_the_models_input(cset, weights: Path) -> None:
     """Independent reference: pydicom HU of the recorded file, training's torch preprocessing."""
     import pydicom
-
     from cacstream.kernels.config import PreprocessConfig
     from cacstream.training.datasets.preprocess import preprocess_slices
 
@@ -61,9 +59,8 @@ def test_stored_inputs_are_the_models_input(cset, weights: Path) -> None:  # noq
             np.testing.assert_allclose(cset.inputs[role][j], ref, atol=2e-6, err_msg=f"{role} slice {j}")
 
 
-def test_statistics_match_the_runtime_and_numpy(cset, weights: Path) -> None:  # noqa: ANN001
+def test_statistics_match_the_runtime_and_numpy(cset, weights: Path) -> None:
     import pydicom
-
     from cacstream.engine.inference.runtime import CalciumModels
 
     m = CalciumModels.load(weights, backend="onnxruntime")
@@ -76,18 +73,36 @@ def test_statistics_match_the_runtime_and_numpy(cset, weights: Path) -> None:  #
         assert s.strata["filter"] in (label, "near_threshold")
 
 
-def test_same_seed_same_set_other_seed_other_set(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
-                                                 weights: Path, cset) -> None:  # noqa: ANN001
+def test_same_seed_same_set_other_seed_other_set(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, weights: Path, cset
+) -> None:
     from cacstream.calibration.build import BuildConfig, build_set
     from cacstream.calibration.select import SelectionConfig
 
     src = phantom_folder(tmp_path_factory)
-    again = build_set([src], tmp_path / "again", weights, BuildConfig(SelectionConfig(n=24, seed=7), name="test"), quiet=True)
+    again = build_set(
+        [src],
+        tmp_path / "again",
+        weights,
+        BuildConfig(SelectionConfig(n=24, seed=7), name="test"),
+        quiet=True,
+    )
     assert again.set_id == cset.set_id
-    other = build_set([src], tmp_path / "other", weights, BuildConfig(SelectionConfig(n=24, seed=8), name="test"), quiet=True)
+    other = build_set(
+        [src],
+        tmp_path / "other",
+        weights,
+        BuildConfig(SelectionConfig(n=24, seed=8), name="test"),
+        quiet=True,
+    )
     assert other.set_id != cset.set_id
-    rnd = build_set([src], tmp_path / "rnd", weights,
-                    BuildConfig(SelectionConfig(n=500, strategy="random"), name="all"), quiet=True)
+    rnd = build_set(
+        [src],
+        tmp_path / "rnd",
+        weights,
+        BuildConfig(SelectionConfig(n=500, strategy="random"), name="all"),
+        quiet=True,
+    )
     assert len(rnd) == rnd.manifest["population"]["slices"]  # n larger than the population: every slice
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cacstream.calibration.activations import TensorRange
 from cacstream.calibration.compare import activation_differences, coverage_side_by_side
 
@@ -34,25 +33,43 @@ def test_compare_two_built_sets(tmp_path: Path, tmp_path_factory: pytest.TempPat
     from cacstream.engine.cli import main
 
     a = load_set(calibration_set(tmp_path_factory))
-    b = build_set([phantom_folder(tmp_path_factory)], tmp_path / "b", tiny_weights_dir(tmp_path_factory),
-                  BuildConfig(SelectionConfig(n=10, strategy="random", seed=1), name="rnd"), quiet=True)
+    b = build_set(
+        [phantom_folder(tmp_path_factory)],
+        tmp_path / "b",
+        tiny_weights_dir(tmp_path_factory),
+        BuildConfig(SelectionConfig(n=10, strategy="random", seed=1), name="rnd"),
+        quiet=True,
+    )
     rows = coverage_side_by_side(a, b)
     for axis in ("filter", "scanner", "hu", "stratum"):
         ra = [r for r in rows if r["axis"] == axis]
         assert sum(r["a"] for r in ra) == len(a) and sum(r["b"] for r in ra) == len(b)
         assert all((r["only_in"] == "A") == (r["b"] == 0) for r in ra)
     out = tmp_path / "cmp"
-    assert main(["calibrate", "compare", str(a.directory), str(b.directory), "--out", str(out), "--quiet"]) == 0
-    for f in ("compare.md", "compare.json", "inputs.png", "activations_filter.png", "activations_segmenter.png",
-              "activation_ratio.png"):
+    assert (
+        main(["calibrate", "compare", str(a.directory), str(b.directory), "--out", str(out), "--quiet"]) == 0
+    )
+    for f in (
+        "compare.md",
+        "compare.json",
+        "inputs.png",
+        "activations_filter.png",
+        "activations_segmenter.png",
+        "activation_ratio.png",
+    ):
         assert (out / f).is_file(), f
     s = json.loads((out / "compare.json").read_text())
     shared = {(x.series_instance_uid, x.sop_instance_uid) for x in a.slices} & {
-        (x.series_instance_uid, x.sop_instance_uid) for x in b.slices}
+        (x.series_instance_uid, x.sop_instance_uid) for x in b.slices
+    }
     assert s["shared_slices"] == len(shared) and not s["same_slices"]
     # the ratios come from the two cached range files, one per set
-    ra = {t["name"]: t for t in json.loads((a.inspect_dir / "activations_filter.json").read_text())["tensors"]}
-    rb = {t["name"]: t for t in json.loads((b.inspect_dir / "activations_filter.json").read_text())["tensors"]}
+    ra = {
+        t["name"]: t for t in json.loads((a.inspect_dir / "activations_filter.json").read_text())["tensors"]
+    }
+    rb = {
+        t["name"]: t for t in json.loads((b.inspect_dir / "activations_filter.json").read_text())["tensors"]
+    }
     for r in s["activations"]["filter"]:
         want = np.log2(rb[r["tensor"]]["absmax"] / ra[r["tensor"]]["absmax"])
         assert r["log2_absmax_ratio"] == pytest.approx(want)

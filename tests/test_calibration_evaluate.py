@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _calibration_data import phantom_folder
 from _tiny_weights import MATRIX, tiny_weights_dir
 from cacstream.calibration.evaluate import (
@@ -79,9 +78,15 @@ def test_risk_confusion_by_hand() -> None:
 
 
 def _metrics(s32: float, s8: float, same: int, n: int) -> dict:
-    return {"filter": {"fp32_vs_truth": {"sensitivity": s32}, "int8_vs_truth": {"sensitivity": s8},
-                       "int8_vs_fp32": {"sensitivity": 1.0}},
-            "risk": {"int8_vs_fp32_agreement": same / n, "int8_vs_fp32_same": same}, "series": n}
+    return {
+        "filter": {
+            "fp32_vs_truth": {"sensitivity": s32},
+            "int8_vs_truth": {"sensitivity": s8},
+            "int8_vs_fp32": {"sensitivity": 1.0},
+        },
+        "risk": {"int8_vs_fp32_agreement": same / n, "int8_vs_fp32_same": same},
+        "series": n,
+    }
 
 
 def test_gate_thresholds() -> None:
@@ -102,7 +107,9 @@ def test_gate_thresholds() -> None:
 # -------------------------------------------------------------- the path is the engine's path
 
 
-def test_evaluation_path_scores_like_the_engine(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_evaluation_path_scores_like_the_engine(
+    weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from cacstream.calibration.build import find_series
     from cacstream.calibration.evaluate import run_engine_path
     from cacstream.engine.config import AgatstonConfig
@@ -124,25 +131,84 @@ def test_evaluation_path_scores_like_the_engine(weights: Path, tmp_path_factory:
 # ------------------------------------------------------------------------ the CLI, end to end
 
 
-def test_cli_build_quantize_evaluate(weights: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_cli_build_quantize_evaluate(
+    weights: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from cacstream.engine.cli import main
 
     src = phantom_folder(tmp_path_factory)
-    assert main(["calibrate", "build", str(src), "--out", str(tmp_path / "set"), "--weights", str(weights),
-                 "-n", "16", "--seed", "2", "--quiet"]) == 0
-    assert main(["calibrate", "quantize", str(weights), "--set", str(tmp_path / "set"), "--out", str(tmp_path / "q"),
-                 "--method", "max", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "build",
+                str(src),
+                "--out",
+                str(tmp_path / "set"),
+                "--weights",
+                str(weights),
+                "-n",
+                "16",
+                "--seed",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "calibrate",
+                "quantize",
+                str(weights),
+                "--set",
+                str(tmp_path / "set"),
+                "--out",
+                str(tmp_path / "q"),
+                "--method",
+                "max",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "report"
-    code = main(["calibrate", "evaluate", str(weights), "--phantoms", "3", "--seed", "9800", "--matrix", str(MATRIX),
-                 "--z-coverage", "30", "--int8", str(tmp_path / "q"), "--out", str(out), "--quiet"])
-    for f in ("report.md", "metrics.json", "per_series.csv", "agatston_int8_vs_fp32.png", "risk_confusion.png",
-              "dice_per_artery.png"):
+    code = main(
+        [
+            "calibrate",
+            "evaluate",
+            str(weights),
+            "--phantoms",
+            "3",
+            "--seed",
+            "9800",
+            "--matrix",
+            str(MATRIX),
+            "--z-coverage",
+            "30",
+            "--int8",
+            str(tmp_path / "q"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    for f in (
+        "report.md",
+        "metrics.json",
+        "per_series.csv",
+        "agatston_int8_vs_fp32.png",
+        "risk_confusion.png",
+        "dice_per_artery.png",
+    ):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     doc = json.loads((out / "metrics.json").read_text())
     met = doc["metrics"]
     assert doc["context"]["int8_record"]["method"] == "max"
     assert code == (0 if met["gate"]["passed"] else 1)
-    rows = list(csv.DictReader(open(out / "per_series.csv")))
+    with open(out / "per_series.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == met["series"] == 3
     # the gate's risk agreement is the share of series whose categories match in the CSV
     same = sum(r["fp32_risk"] == r["int8_risk"] for r in rows)
@@ -150,7 +216,9 @@ def test_cli_build_quantize_evaluate(weights: Path, tmp_path: Path, tmp_path_fac
     # the truth columns are the phantoms' own truth
     from cacstream.training.phantom import PhantomConfig, make_phantom
 
-    truth = make_phantom(9800, PhantomConfig(kind="mixed", matrix=MATRIX, z_coverage_mm=30.0, calcium_category="0")).truth
+    truth = make_phantom(
+        9800, PhantomConfig(kind="mixed", matrix=MATRIX, z_coverage_mm=30.0, calcium_category="0")
+    ).truth
     assert float(rows[0]["truth_agatston"]) == pytest.approx(truth["agatston_total"])
     assert int(rows[0]["truth_flagged"]) == sum(truth["slice_has_coronary_calcium"])
     # confusion counts add up to the slices
@@ -161,20 +229,59 @@ def test_cli_build_quantize_evaluate(weights: Path, tmp_path: Path, tmp_path_fac
     assert "risk-category agreement INT8 vs FP32" in text
 
 
-def test_cli_evaluate_on_series_folders_and_bad_input(weights: Path, tmp_path: Path,
-                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_cli_evaluate_on_series_folders_and_bad_input(
+    weights: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     import shutil
 
+    from _calibration_data import calibration_set
+    from _tiny_weights import TRAIN_SEEDS
+    from cacstream.calibration.evaluate import training_phantom_seeds
     from cacstream.calibration.quantize import QuantizeConfig, quantize_weights
     from cacstream.calibration.sets import load_set
     from cacstream.engine.cli import main
-    from _calibration_data import calibration_set
 
     w = tmp_path / "w"
     shutil.copytree(weights, w)
-    assert main(["calibrate", "evaluate", str(w), "--phantoms", "1", "--out", str(tmp_path / "r0"), "--quiet"]) == 2
+    assert training_phantom_seeds(w) == [(TRAIN_SEEDS[0], TRAIN_SEEDS[0] + TRAIN_SEEDS[1] - 1)]
+    # the tiny weights were trained on seeds 9100..9105: evaluating on them is refused (held-out only)
+    assert (
+        main(
+            [
+                "calibrate",
+                "evaluate",
+                str(w),
+                "--phantoms",
+                "3",
+                "--seed",
+                "9099",
+                "--matrix",
+                "64",
+                "--out",
+                str(tmp_path / "seen"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert not (tmp_path / "seen").exists()
+    # no INT8 graphs yet: a clear error, not a traceback
+    assert (
+        main(["calibrate", "evaluate", str(w), "--phantoms", "1", "--out", str(tmp_path / "r0"), "--quiet"])
+        == 2
+    )
     quantize_weights(w, load_set(calibration_set(tmp_path_factory)), None, QuantizeConfig(), quiet=True)
-    code = main(["calibrate", "evaluate", str(w), "--set", str(phantom_folder(tmp_path_factory)),
-                 "--out", str(tmp_path / "r"), "--quiet"])
+    code = main(
+        [
+            "calibrate",
+            "evaluate",
+            str(w),
+            "--set",
+            str(phantom_folder(tmp_path_factory)),
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     met = json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]
     assert code in (0, 1) and met["series"] == 4 and "fp32_vs_truth" in met["dice"]

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cacstream.calibration.hu_mass import MassCalibrationError, calibrate_volume, fit_factor
 
 
-def _discs(hus: list[float], radius_px: float = 6.0, slices: int = 6, n: int = 96, row: int = 48) -> np.ndarray:
+def _discs(
+    hus: list[float], radius_px: float = 6.0, slices: int = 6, n: int = 96, row: int = 48
+) -> np.ndarray:
     vol = np.zeros((slices, n, n), np.float32)
     rows, cols = np.ogrid[:n, :n]
     for j, h in enumerate(hus):
@@ -34,8 +35,10 @@ def test_exact_discs_give_the_exact_factor() -> None:
     assert cal.factor_mg_per_hu_cm3 == pytest.approx(0.8)
     assert [i.density_mg_cm3 for i in cal.inserts] == [200.0, 400.0, 800.0]  # matched by rank
     assert [i.mean_hu for i in cal.inserts] == [250.0, 500.0, 1000.0]
-    assert all(len(i.slices) == 4 and i.radius_mm == pytest.approx(math.sqrt(113 / math.pi) * 0.5, rel=0.05)
-               for i in cal.inserts)
+    assert all(
+        len(i.slices) == 4 and i.radius_mm == pytest.approx(math.sqrt(113 / math.pi) * 0.5, rel=0.05)
+        for i in cal.inserts
+    )
     assert cal.water_hu == 0.0
 
 
@@ -60,10 +63,26 @@ def test_qa_phantom_ideal_scan_through_the_cli(tmp_path: Path, capsys: pytest.Ca
     from cacstream.engine.cli import main
     from cacstream.training.phantom import PhantomConfig, make_phantom, write_series
 
-    case = make_phantom(5, PhantomConfig(kind="calibration", matrix=256, z_coverage_mm=20.0, ideal=True, thickness_mm=1.0))
+    case = make_phantom(
+        5, PhantomConfig(kind="calibration", matrix=256, z_coverage_mm=20.0, ideal=True, thickness_mm=1.0)
+    )
     write_series(case, tmp_path / "scan")
-    assert main(["calibrate", "mass", str(tmp_path / "scan"), "--densities", "200", "400", "800",
-                 "--json", str(tmp_path / "cal.json")]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "mass",
+                str(tmp_path / "scan"),
+                "--densities",
+                "200",
+                "400",
+                "800",
+                "--json",
+                str(tmp_path / "cal.json"),
+            ]
+        )
+        == 0
+    )
     assert "--mass-calibration 1.0000" in capsys.readouterr().out
     saved = json.loads((tmp_path / "cal.json").read_text())
     assert [i["mean_hu"] for i in saved["inserts"]] == pytest.approx([200.0, 400.0, 800.0])
@@ -73,7 +92,9 @@ def test_realistic_qa_scan_orders_the_inserts() -> None:
     """Blur and noise lower the small inserts' core HU (partial volume), but never their order."""
     from cacstream.training.phantom import PhantomConfig, make_phantom
 
-    case = make_phantom(6, PhantomConfig(kind="calibration", matrix=256, z_coverage_mm=30.0, thickness_mm=2.0))
+    case = make_phantom(
+        6, PhantomConfig(kind="calibration", matrix=256, z_coverage_mm=30.0, thickness_mm=2.0)
+    )
     cal = calibrate_volume(case.hu, case.geometry.pixel_spacing_mm, [200.0, 400.0, 800.0])
     hu = [i.mean_hu for i in cal.inserts]
     assert hu == sorted(hu) and all(0.6 * d < h < 1.1 * d for h, d in zip(hu, (200, 400, 800)))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cacstream.calibration.activations import activation_ranges
 from cacstream.calibration.inspect import coverage
 from cacstream.calibration.sets import SliceRecord, write_set
@@ -20,13 +19,23 @@ def _tiny_graph(path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [helper.make_node("Mul", ["x", "three"], ["m"], name="mul"),
-             helper.make_node("Sub", ["m", "one"], ["s"], name="sub"),
-             helper.make_node("Relu", ["s"], ["r"], name="relu"),
-             helper.make_node("Add", ["r", "half"], ["y"], name="add")]
-    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("three", 3.0), ("one", 1.0), ("half", 0.5))]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, 4, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, 4, 4])], inits)
+    nodes = [
+        helper.make_node("Mul", ["x", "three"], ["m"], name="mul"),
+        helper.make_node("Sub", ["m", "one"], ["s"], name="sub"),
+        helper.make_node("Relu", ["s"], ["r"], name="relu"),
+        helper.make_node("Add", ["r", "half"], ["y"], name="add"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(v, np.float32), n)
+        for n, v in (("three", 3.0), ("one", 1.0), ("half", 0.5))
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, 4, 4])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
     return path
@@ -49,23 +58,57 @@ def test_activation_ranges_equal_hand_computed_tensors(tmp_path: Path) -> None:
         assert ranges[name].absmax == pytest.approx(float(np.abs(ref).max()), abs=1e-6)
 
 
-def _set_with(tmp_path: Path, strata: list[dict[str, str]], population: dict) -> object:  # noqa: ANN001
+def _set_with(tmp_path: Path, strata: list[dict[str, str]], population: dict) -> object:
     n = len(strata)
     pre = {"filter": PreprocessConfig(input_size=8), "segmenter": PreprocessConfig(input_size=8)}
-    recs = [SliceRecord(f"/f{k}", f"1.{k}", "1", k, None, " / ".join(s.values()), s,
-                        {"hu_max": 100.0 * k, "hu_min": -1000.0, "truth_calcium": k == 0}) for k, s in enumerate(strata)]
+    recs = [
+        SliceRecord(
+            f"/f{k}",
+            f"1.{k}",
+            "1",
+            k,
+            None,
+            " / ".join(s.values()),
+            s,
+            {"hu_max": 100.0 * k, "hu_min": -1000.0, "truth_calcium": k == 0},
+        )
+        for k, s in enumerate(strata)
+    ]
     arr = np.zeros((n, 1, 8, 8), np.float32)
-    return write_set(tmp_path / "s", name="cov", version=1, strategy={"name": "filter+scanner", "axes": ["filter", "scanner"]},
-                     seed=0, weights_id="w", weights_dir="/nowhere", preprocess=pre, filter_threshold=0.5, slices=recs,
-                     inputs={"filter": arr, "segmenter": arr}, population=population, sources=[])
+    return write_set(
+        tmp_path / "s",
+        name="cov",
+        version=1,
+        strategy={"name": "filter+scanner", "axes": ["filter", "scanner"]},
+        seed=0,
+        weights_id="w",
+        weights_dir="/nowhere",
+        preprocess=pre,
+        filter_threshold=0.5,
+        slices=recs,
+        inputs={"filter": arr, "segmenter": arr},
+        population=population,
+        sources=[],
+    )
 
 
 def test_coverage_names_missing_and_thin_strata(tmp_path: Path) -> None:
-    strata = [{"filter": "not_flagged", "scanner": "GE"}] * 6 + [{"filter": "near_threshold", "scanner": "GE"}] * 2
-    population = {"slices": 100, "axes": {"filter": {"not_flagged": 80, "near_threshold": 15, "flagged": 5},
-                                          "scanner": {"GE": 90, "SIEMENS": 10}},
-                  "strata": {"not_flagged / GE": 70, "near_threshold / GE": 15, "flagged / GE": 5,
-                             "not_flagged / SIEMENS": 10}}
+    strata = [{"filter": "not_flagged", "scanner": "GE"}] * 6 + [
+        {"filter": "near_threshold", "scanner": "GE"}
+    ] * 2
+    population = {
+        "slices": 100,
+        "axes": {
+            "filter": {"not_flagged": 80, "near_threshold": 15, "flagged": 5},
+            "scanner": {"GE": 90, "SIEMENS": 10},
+        },
+        "strata": {
+            "not_flagged / GE": 70,
+            "near_threshold / GE": 15,
+            "flagged / GE": 5,
+            "not_flagged / SIEMENS": 10,
+        },
+    }
     cov = coverage(_set_with(tmp_path, strata, population), min_per_stratum=5)
     status = {(r.axis, r.label): (r.population, r.in_set, r.status) for r in cov.rows}
     assert status[("filter", "flagged")] == (5, 0, "missing")
@@ -77,8 +120,13 @@ def test_coverage_names_missing_and_thin_strata(tmp_path: Path) -> None:
     assert any("no slice the FP32 filter flags" in n for n in cov.notes)
     assert any("1 of 8 slices hold coronary calcium" in n for n in cov.notes)
     # a stratum smaller than min_per_stratum in the population is fine when the set has all of it
-    small = coverage(_set_with(tmp_path / "b", [{"filter": "flagged", "scanner": "GE"}] * 2,
-                               {"slices": 2, "axes": {"filter": {"flagged": 2}}, "strata": {"flagged / GE": 2}}))
+    small = coverage(
+        _set_with(
+            tmp_path / "b",
+            [{"filter": "flagged", "scanner": "GE"}] * 2,
+            {"slices": 2, "axes": {"filter": {"flagged": 2}}, "strata": {"flagged / GE": 2}},
+        )
+    )
     assert all(r.status == "ok" for r in small.rows)
 
 
@@ -91,8 +139,15 @@ def test_inspect_writes_everything_next_to_the_set(tmp_path_factory: pytest.Temp
     cs = load_set(calibration_set(tmp_path_factory))
     assert main(["calibrate", "inspect", str(cs.directory), "--quiet"]) == 0
     d = cs.inspect_dir
-    for f in ("coverage.json", "coverage.md", "inputs.png", "activations_filter.json", "activations_filter.png",
-              "activations_segmenter.json", "activations_segmenter.png"):
+    for f in (
+        "coverage.json",
+        "coverage.md",
+        "inputs.png",
+        "activations_filter.json",
+        "activations_filter.png",
+        "activations_segmenter.json",
+        "activations_segmenter.png",
+    ):
         assert (d / f).is_file() and (d / f).stat().st_size > 0, f
     cov = json.loads((d / "coverage.json").read_text())
     assert sum(r["in_set"] for r in cov["rows"] if r["axis"] == "stratum") == len(cs)
@@ -105,7 +160,9 @@ def test_inspect_writes_everything_next_to_the_set(tmp_path_factory: pytest.Temp
     # cached: a second run with the same models and set reuses the ranges
     mtime = (d / "activations_segmenter.json").stat().st_mtime_ns
     r = inspect_set(cs, quiet=True)
-    assert (d / "activations_segmenter.json").stat().st_mtime_ns == mtime and r["layers"]["segmenter"] == len(acts["tensors"])
+    assert (d / "activations_segmenter.json").stat().st_mtime_ns == mtime and r["layers"]["segmenter"] == len(
+        acts["tensors"]
+    )
 
 
 def test_inspect_without_weights_is_a_clear_error(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _calibration_data import calibration_set
 from _tiny_weights import tiny_weights_dir
 from cacstream.calibration.quantize import (
@@ -26,12 +25,12 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cset(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def cset(tmp_path_factory: pytest.TempPathFactory):
     return load_set(calibration_set(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory: pytest.TempPathFactory, weights: Path, cset) -> tuple[Path, dict]:  # noqa: ANN001
+def quantized(tmp_path_factory: pytest.TempPathFactory, weights: Path, cset) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("int8")
     rec = quantize_weights(weights, cset, out, QuantizeConfig(method="entropy"), quiet=True)
     return out, rec
@@ -49,7 +48,7 @@ def _scales(path: Path) -> dict[str, np.ndarray]:
 def test_graphs_are_qdq_int8_symmetric_and_standard(quantized: tuple[Path, dict]) -> None:
     import onnx
 
-    out, rec = quantized
+    out, _ = quantized
     for name in ("slice_filter.int8.onnx", "segmenter.int8.onnx"):
         m = onnx.load(str(out / name))
         ops = [n.op_type for n in m.graph.node]
@@ -57,21 +56,24 @@ def test_graphs_are_qdq_int8_symmetric_and_standard(quantized: tuple[Path, dict]
         assert {n.domain for n in m.graph.node} <= {""}
         assert tensorrt_qdq_problems(out / name) == []
         zps = [i for i in m.graph.initializer if i.name.endswith("zero_point")]
-        assert zps and all(onnx.numpy_helper.to_array(z).dtype == np.int8 and not onnx.numpy_helper.to_array(z).any()
-                           for z in zps)
+        assert zps and all(
+            onnx.numpy_helper.to_array(z).dtype == np.int8 and not onnx.numpy_helper.to_array(z).any()
+            for z in zps
+        )
         # biases stay float: no int32 DequantizeLinear inputs
         assert not any(i.data_type == onnx.TensorProto.INT32 for i in m.graph.initializer)
 
 
-def test_record_says_how_the_graphs_were_made(quantized: tuple[Path, dict], cset, weights: Path) -> None:  # noqa: ANN001
+def test_record_says_how_the_graphs_were_made(quantized: tuple[Path, dict], cset, weights: Path) -> None:
     import onnxruntime
-
     from cacstream.calibration.sets import sha256_file
 
     out, rec = quantized
     on_disk = json.loads((out / "int8.json").read_text())
     assert on_disk == json.loads(json.dumps(rec))
-    assert rec["calibration_set"]["set_id"] == cset.set_id and rec["calibration_set"]["slices_used"] == len(cset)
+    assert rec["calibration_set"]["set_id"] == cset.set_id and rec["calibration_set"]["slices_used"] == len(
+        cset
+    )
     assert rec["method"] == "entropy" and rec["per_channel"] is True
     assert rec["tool"]["onnxruntime"] == onnxruntime.__version__
     for section in ("slice_filter", "segmenter"):
@@ -82,7 +84,9 @@ def test_record_says_how_the_graphs_were_made(quantized: tuple[Path, dict], cset
     assert rec["models"]["slice_filter"]["check_vs_fp32"]["slices"] == len(cset)
 
 
-def test_int8_runs_in_the_engine_runtime_close_to_fp32(quantized: tuple[Path, dict], weights: Path, cset) -> None:  # noqa: ANN001
+def test_int8_runs_in_the_engine_runtime_close_to_fp32(
+    quantized: tuple[Path, dict], weights: Path, cset
+) -> None:
     import shutil
 
     from cacstream.engine.inference.runtime import CalciumModels
@@ -102,10 +106,18 @@ def test_int8_runs_in_the_engine_runtime_close_to_fp32(quantized: tuple[Path, di
     assert 0 < np.abs(a - b).max() < 0.25 * max(1.0, np.abs(a).max())
 
 
-def test_method_changes_the_ranges(tmp_path: Path, weights: Path, cset) -> None:  # noqa: ANN001
-    quantize_weights(weights, cset, tmp_path / "max", QuantizeConfig(method="max"), roles=("segmenter",), quiet=True)
-    quantize_weights(weights, cset, tmp_path / "pct", QuantizeConfig(method="percentile", percentile=99.0),
-                     roles=("segmenter",), quiet=True)
+def test_method_changes_the_ranges(tmp_path: Path, weights: Path, cset) -> None:
+    quantize_weights(
+        weights, cset, tmp_path / "max", QuantizeConfig(method="max"), roles=("segmenter",), quiet=True
+    )
+    quantize_weights(
+        weights,
+        cset,
+        tmp_path / "pct",
+        QuantizeConfig(method="percentile", percentile=99.0),
+        roles=("segmenter",),
+        quiet=True,
+    )
     smax = _scales(tmp_path / "max" / "segmenter.int8.onnx")
     spct = _scales(tmp_path / "pct" / "segmenter.int8.onnx")
     assert smax.keys() == spct.keys()
@@ -116,7 +128,7 @@ def test_method_changes_the_ranges(tmp_path: Path, weights: Path, cset) -> None:
     assert rec["percentile"] == 99.0 and list(rec["models"]) == ["segmenter"]
 
 
-def test_mismatched_preprocessing_is_refused(tmp_path: Path, weights: Path, cset) -> None:  # noqa: ANN001
+def test_mismatched_preprocessing_is_refused(tmp_path: Path, weights: Path, cset) -> None:
     import shutil
 
     w = tmp_path / "w"
@@ -147,11 +159,17 @@ def test_tensorrt_check_catches_asymmetric_graphs(tmp_path: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     def graph(zp: np.ndarray, domain: str = "") -> Path:
-        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
-                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq", domain=domain)]
-        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-                              [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(zp, "z")])
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq", domain=domain),
+        ]
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+            [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(zp, "z")],
+        )
         p = tmp_path / f"g{len(list(tmp_path.iterdir()))}.onnx"
         onnx.save(helper.make_model(g), str(p))
         return p
@@ -159,4 +177,6 @@ def test_tensorrt_check_catches_asymmetric_graphs(tmp_path: Path) -> None:
     assert tensorrt_qdq_problems(graph(np.array(0, np.int8))) == []
     assert any("non-zero zero point" in p for p in tensorrt_qdq_problems(graph(np.array(3, np.int8))))
     assert any("uint8" in p for p in tensorrt_qdq_problems(graph(np.array(128, np.uint8))))
-    assert any("non-standard" in p for p in tensorrt_qdq_problems(graph(np.array(0, np.int8), "com.microsoft")))
+    assert any(
+        "non-standard" in p for p in tensorrt_qdq_problems(graph(np.array(0, np.int8), "com.microsoft"))
+    )

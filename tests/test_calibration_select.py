@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from cacstream.calibration.select import (
     Candidate,
     SelectionConfig,
@@ -17,15 +14,23 @@ from cacstream.calibration.select import (
     scanner_label,
     select_slices,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def _population(n_per_series: int = 10) -> list[Candidate]:
     """3 scanners; probabilities spread over [0, 1]; HU max rising along each series."""
     cands = []
-    scanners = [("SIEMENS", "Force", 120.0, 3.0), ("GE", "Revolution", 100.0, 2.5), ("Philips", "iCT", 140.0, 3.0)]
+    scanners = [
+        ("SIEMENS", "Force", 120.0, 3.0),
+        ("GE", "Revolution", 100.0, 2.5),
+        ("Philips", "iCT", 140.0, 3.0),
+    ]
     for s, (man, mod, kv, th) in enumerate(scanners):
         for k in range(n_per_series):
-            cands.append(Candidate(f"1.2.{s}", k, 100.0 + 150 * k, k % 3, man, mod, kv, th, (k + 0.5) / n_per_series))
+            cands.append(
+                Candidate(f"1.2.{s}", k, 100.0 + 150 * k, k % 3, man, mod, kv, th, (k + 0.5) / n_per_series)
+            )
     return cands
 
 
@@ -44,8 +49,11 @@ def test_allocation_proportional_largest_remainder_by_hand() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.sampled_from("abcdefg"), st.integers(0, 30), min_size=1), st.integers(0, 120),
-       st.sampled_from(["balanced", "proportional"]))
+@given(
+    st.dictionaries(st.sampled_from("abcdefg"), st.integers(0, 30), min_size=1),
+    st.integers(0, 120),
+    st.sampled_from(["balanced", "proportional"]),
+)
 def test_allocation_invariants(sizes: dict[str, int], n: int, how: str) -> None:
     take = allocate(sizes, n, how)  # type: ignore[arg-type]
     assert sum(take.values()) == min(n, sum(sizes.values()))
@@ -62,7 +70,10 @@ def test_labels() -> None:
     assert filter_label(0.5, 0.5, 0.0) == "flagged"  # p >= threshold flags, as the engine does
     with pytest.raises(ValueError):
         filter_label(None, 0.5, 0.1)
-    assert scanner_label(Candidate("u", 0, 1, 0, "GE", "Revolution", 120.0, 2.5)) == "GE Revolution | 120 kV | 2.5 mm"
+    assert (
+        scanner_label(Candidate("u", 0, 1, 0, "GE", "Revolution", 120.0, 2.5))
+        == "GE Revolution | 120 kV | 2.5 mm"
+    )
     assert scanner_label(Candidate("u", 0, 1, 0)) == "unknown scanner | ? kV | ? mm"
     edges = np.array([100.0, 200.0, 300.0])
     assert hu_label(50, 0, edges) == "max_q1 no_calc"

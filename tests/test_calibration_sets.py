@@ -7,27 +7,57 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cacstream.calibration.sets import CalibrationSetError, SliceRecord, load_set, write_set
 from cacstream.kernels.config import PreprocessConfig
 
-PRE = {"filter": PreprocessConfig(input_size=8), "segmenter": PreprocessConfig(input_size=16, normalisation="window")}
+PRE = {
+    "filter": PreprocessConfig(input_size=8),
+    "segmenter": PreprocessConfig(input_size=16, normalisation="window"),
+}
 
 
 def _records(n: int) -> list[SliceRecord]:
-    return [SliceRecord(f"/data/s/{k}.dcm", f"1.2.3.{k}", "1.2.3", k, None, "flagged", {"filter": "flagged"},
-                        {"hu_max": 100.0 + k}) for k in range(n)]
+    return [
+        SliceRecord(
+            f"/data/s/{k}.dcm",
+            f"1.2.3.{k}",
+            "1.2.3",
+            k,
+            None,
+            "flagged",
+            {"filter": "flagged"},
+            {"hu_max": 100.0 + k},
+        )
+        for k in range(n)
+    ]
 
 
 def _inputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"filter": rng.random((n, 1, 8, 8), dtype=np.float32), "segmenter": rng.random((n, 1, 16, 16), dtype=np.float32)}
+    return {
+        "filter": rng.random((n, 1, 8, 8), dtype=np.float32),
+        "segmenter": rng.random((n, 1, 16, 16), dtype=np.float32),
+    }
 
 
-def _write(d: Path, n: int = 5, seed: int = 0, **kw) -> object:  # noqa: ANN003
-    return write_set(d, name="t", version=2, strategy={"name": "random", "axes": []}, seed=11, weights_id="w",
-                     weights_dir="/w", preprocess=PRE, filter_threshold=0.4, slices=_records(n), inputs=_inputs(n, seed),
-                     population={"slices": 50}, sources=["/data"], command=["x"], **kw)
+def _write(d: Path, n: int = 5, seed: int = 0, **kw) -> object:
+    return write_set(
+        d,
+        name="t",
+        version=2,
+        strategy={"name": "random", "axes": []},
+        seed=11,
+        weights_id="w",
+        weights_dir="/w",
+        preprocess=PRE,
+        filter_threshold=0.4,
+        slices=_records(n),
+        inputs=_inputs(n, seed),
+        population={"slices": 50},
+        sources=["/data"],
+        command=["x"],
+        **kw,
+    )
 
 
 def test_roundtrip(tmp_path: Path) -> None:
@@ -65,8 +95,21 @@ def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
     bad = _inputs(5)
     bad["filter"] = bad["filter"][:4]
     with pytest.raises(CalibrationSetError, match=r"filter inputs must be \(5, 1, 8, 8\)"):
-        write_set(tmp_path / "s", name="t", version=1, strategy={}, seed=0, weights_id="w", weights_dir="/w",
-                  preprocess=PRE, filter_threshold=None, slices=_records(5), inputs=bad, population={}, sources=[])
+        write_set(
+            tmp_path / "s",
+            name="t",
+            version=1,
+            strategy={},
+            seed=0,
+            weights_id="w",
+            weights_dir="/w",
+            preprocess=PRE,
+            filter_threshold=None,
+            slices=_records(5),
+            inputs=bad,
+            population={},
+            sources=[],
+        )
 
 
 def test_a_modified_array_is_detected(tmp_path: Path) -> None:
@@ -79,13 +122,16 @@ def test_a_modified_array_is_detected(tmp_path: Path) -> None:
     load_set(tmp_path / "s", verify=False)  # an explicit opt-out still loads
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / "manifest.json").unlink(), "not a calibration set"),
-    (lambda d: (d / "manifest.json").write_text("{"), "not valid JSON"),
-    (lambda d: (d / "manifest.json").write_text(json.dumps({"format": "other"})), "format 'other'"),
-    (lambda d: (d / "segmenter_inputs.npy").unlink(), "array file missing"),
-])
-def test_broken_sets_name_the_file(tmp_path: Path, damage, message: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "manifest.json").unlink(), "not a calibration set"),
+        (lambda d: (d / "manifest.json").write_text("{"), "not valid JSON"),
+        (lambda d: (d / "manifest.json").write_text(json.dumps({"format": "other"})), "format 'other'"),
+        (lambda d: (d / "segmenter_inputs.npy").unlink(), "array file missing"),
+    ],
+)
+def test_broken_sets_name_the_file(tmp_path: Path, damage, message: str) -> None:
     _write(tmp_path / "s")
     damage(tmp_path / "s")
     with pytest.raises(CalibrationSetError, match=message):

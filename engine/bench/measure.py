@@ -52,11 +52,19 @@ def read_series(series_dir: Path) -> Any:
     return max(res.series, key=lambda s: len(s.slices))
 
 
-def write_json_report(series: Any, result: Any, models: Any, flagged: int, out_dir: Path, timings: dict[str, float]) -> Path:
+def write_json_report(
+    series: Any, result: Any, models: Any, flagged: int, out_dir: Path, timings: dict[str, float]
+) -> Path:
     from cacstream.engine.report.json_report import ScoredSeries, scored_report, write_report
 
-    scored = ScoredSeries(series=series, result=result, mode="model", model=models.info, slices_flagged=flagged,
-                          timings_ms=timings)
+    scored = ScoredSeries(
+        series=series,
+        result=result,
+        mode="model",
+        model=models.info,
+        slices_flagged=flagged,
+        timings_ms=timings,
+    )
     return write_report(scored_report(scored), out_dir)
 
 
@@ -100,8 +108,15 @@ def stage_profile(series_dir: Path, models: Any, agatston: Any, out_dir: Path) -
     return st
 
 
-def engine_end_to_end(series_dir: Path, stages: Any, agatston: Any, batch_size: int, out_dir: Path,
-                      decode_threads: int = 2, max_batch_wait_ms: float = 50.0) -> tuple[float, int, float]:
+def engine_end_to_end(
+    series_dir: Path,
+    stages: Any,
+    agatston: Any,
+    batch_size: int,
+    out_dir: Path,
+    decode_threads: int = 2,
+    max_batch_wait_ms: float = 50.0,
+) -> tuple[float, int, float]:
     """(ms, flagged slices, Agatston total) of read → concurrent pipeline → JSON report.
 
     ``stages``: the pipeline's ModelStages; ``max_batch_wait_ms``: the `cacstream score` default."""
@@ -111,14 +126,21 @@ def engine_end_to_end(series_dir: Path, stages: Any, agatston: Any, batch_size: 
 
     t0 = time.perf_counter()
     series = read_series(series_dir)
-    score = score_series(series, agatston, models=stages,
-                         config=PipelineConfig(decode_threads=decode_threads, batch_size=batch_size,
-                                               max_batch_wait_ms=max_batch_wait_ms))
+    score = score_series(
+        series,
+        agatston,
+        models=stages,
+        config=PipelineConfig(
+            decode_threads=decode_threads, batch_size=batch_size, max_batch_wait_ms=max_batch_wait_ms
+        ),
+    )
     write_report(scored_report(score.scored), out_dir)
     return _ms(t0), int(score.scored.slices_flagged or 0), float(score.scored.result.agatston_total)
 
 
-def volume_wide(series_dir: Path, models: Any, agatston: Any, out_dir: Path, decode_threads: int = 2) -> StageTimes:
+def volume_wide(
+    series_dir: Path, models: Any, agatston: Any, out_dir: Path, decode_threads: int = 2
+) -> StageTimes:
     """No slice filter: every slice through the segmenter (same backend / precision / batch size)."""
     from cacstream.engine.scoring.agatston import score_volume
     from cacstream.engine.series import read_volume
@@ -150,8 +172,13 @@ def volume_wide(series_dir: Path, models: Any, agatston: Any, out_dir: Path, dec
 
 def percentiles(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "min": float(a.min()),
-            "max": float(a.max()), "n": int(a.size)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "n": int(a.size),
+    }
 
 
 def temp_out() -> tempfile.TemporaryDirectory:  # type: ignore[type-arg]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cacstream.engine.config import AgatstonConfig
 
 
@@ -44,11 +43,18 @@ class NaiveModels:
 
         b = load_weights(weights_dir)
         assert b.slice_filter is not None and b.segmenter is not None
-        return cls(b.slice_filter.model.eval(), b.segmenter.model.eval(), b.slice_filter.preprocess,
-                   b.segmenter.preprocess, b.slice_filter.threshold)
+        return cls(
+            b.slice_filter.model.eval(),
+            b.segmenter.model.eval(),
+            b.slice_filter.preprocess,
+            b.segmenter.preprocess,
+            b.slice_filter.threshold,
+        )
 
 
-def _agatston_scipy(hu: np.ndarray, labels: np.ndarray, pixel_area: float, factor: float, cfg: AgatstonConfig) -> float:
+def _agatston_scipy(
+    hu: np.ndarray, labels: np.ndarray, pixel_area: float, factor: float, cfg: AgatstonConfig
+) -> float:
     """Per slice: scipy.ndimage.label of (HU ≥ threshold & label > 0), area ≥ min, weight by peak HU."""
     from scipy import ndimage
 
@@ -69,13 +75,13 @@ def _agatston_scipy(hu: np.ndarray, labels: np.ndarray, pixel_area: float, facto
     return total * factor
 
 
-def score_naive(files: list[Path], models: NaiveModels, cfg: AgatstonConfig = AgatstonConfig()) -> NaiveResult:
+def score_naive(files: list[Path], models: NaiveModels, cfg: AgatstonConfig | None = None) -> NaiveResult:
     import pydicom
     import torch
     import torch.nn.functional as F
-
     from cacstream.training.datasets.preprocess import preprocess_slices
 
+    cfg = cfg or AgatstonConfig()
     st: dict[str, float] = {"read_decode": 0.0, "filter": 0.0, "segment": 0.0, "agatston": 0.0}
     t_all = time.perf_counter()
     t0 = time.perf_counter()
@@ -83,7 +89,8 @@ def score_naive(files: list[Path], models: NaiveModels, cfg: AgatstonConfig = Ag
     for f in files:
         ds = pydicom.dcmread(f)
         hu = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(
-            getattr(ds, "RescaleIntercept", 0))
+            getattr(ds, "RescaleIntercept", 0)
+        )
         items.append((float(ds.ImagePositionPatient[2]), hu, ds))
     items.sort(key=lambda x: x[0])
     hu_vol = np.stack([h for _, h, _ in items])
