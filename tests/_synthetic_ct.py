@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from cacstream.training.datasets.cases import Case, save_npz_case
 
 
-def make_case(seed: int, size: int = 64, slices: int = 10, calcified_fraction: float = 0.5,
-              labelled: bool = True) -> Case:
+def make_case(
+    seed: int, size: int = 64, slices: int = 10, calcified_fraction: float = 0.5, labelled: bool = True
+) -> Case:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     c = (size - 1) / 2
@@ -51,7 +51,9 @@ def make_case(seed: int, size: int = 64, slices: int = 10, calcified_fraction: f
             blob = ((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r
             hu[z, blob] = rng.uniform(350, 900)
             labels[z, blob] = artery
-    return Case(f"syn-{seed}", f"patient-{seed}", hu, labels if labelled else None, (0.7, 0.7), f"synthetic:{seed}")
+    return Case(
+        f"syn-{seed}", f"patient-{seed}", hu, labels if labelled else None, (0.7, 0.7), f"synthetic:{seed}"
+    )
 
 
 def write_cases(folder: Path, seeds: range, **kw: object) -> Path:

@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-
 from cacstream.training.config import AugmentConfig
 from cacstream.training.dino.augment import (
     adjust_brightness,
@@ -19,6 +17,7 @@ from cacstream.training.dino.augment import (
     gaussian_blur3x3,
     random_resized_crop_box,
 )
+from scipy import ndimage
 
 
 def gen(seed: int) -> torch.Generator:

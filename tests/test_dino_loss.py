@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from cacstream.training.dino.loss import DINOLoss
 
 
-def reference_dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
-                        ncrops: int, temp: float, student_temp: float = 0.1) -> torch.Tensor:
+def reference_dino_loss(
+    student_output: torch.Tensor,
+    teacher_output: torch.Tensor,
+    center: torch.Tensor,
+    ncrops: int,
+    temp: float,
+    student_temp: float = 0.1,
+) -> torch.Tensor:
     """DINO's DINOLoss.forward, verbatim in behaviour: chunked views, skip same view, mean of batch means."""
     student_out = (student_output / student_temp).chunk(ncrops)
     teacher_out = F.softmax((teacher_output - center) / temp, dim=-1).detach().chunk(2)
@@ -36,9 +41,9 @@ def test_equals_dino_with_equal_crop_counts() -> None:
     loss = DINOLoss(k, 0.04, 0.04, 0, 10)
     loss.center.copy_(torch.randn(1, k) * 0.1)
     center = loss.center.clone()
-    locals_ = student[2 * b:]
+    locals_ = student[2 * b :]
     owner = torch.arange(b).repeat(n_local)  # crop-major local rows: sample index cycles
-    got = loss(student[:2 * b], locals_, owner, teacher, epoch=0)
+    got = loss(student[: 2 * b], locals_, owner, teacher, epoch=0)
     expected = reference_dino_loss(student, teacher, center, 2 + n_local, 0.04)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -76,7 +81,9 @@ def test_center_is_ema_of_teacher_batch_mean() -> None:
     torch.testing.assert_close(loss.center, 0.1 * t1.mean(0, keepdim=True))
     t2 = torch.randn(6, k)
     loss(torch.randn(6, k), torch.zeros(0, k), torch.zeros(0, dtype=torch.long), t2, 0)
-    torch.testing.assert_close(loss.center, 0.9 * 0.1 * t1.mean(0, keepdim=True) + 0.1 * t2.mean(0, keepdim=True))
+    torch.testing.assert_close(
+        loss.center, 0.9 * 0.1 * t1.mean(0, keepdim=True) + 0.1 * t2.mean(0, keepdim=True)
+    )
 
 
 def test_teacher_temperature_warms_up_per_epoch() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from cacstream.training.config import AugmentConfig, MultiCropConfig
 from cacstream.training.dino.multicrop import (
     MultiCropAugmentation,
@@ -11,8 +10,16 @@ from cacstream.training.dino.multicrop import (
     guided_crop_box,
 )
 
-NO_PHOTOMETRIC = AugmentConfig(hflip_p=0, vflip_p=0, jitter_p=0, blur_p_global1=0, blur_p_global2=0,
-                               blur_p_local=0, sharpness_p=0, noise_p=0)
+NO_PHOTOMETRIC = AugmentConfig(
+    hflip_p=0,
+    vflip_p=0,
+    jitter_p=0,
+    blur_p_global1=0,
+    blur_p_global2=0,
+    blur_p_local=0,
+    sharpness_p=0,
+    noise_p=0,
+)
 
 
 def test_guided_box_contains_the_point_stays_inside_and_keeps_local_scale() -> None:
@@ -55,13 +62,14 @@ def _slice_with_calcium() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_labelled_slices_get_guided_crops_that_show_the_calcium() -> None:
     img, mask = _slice_with_calcium()
-    aug = MultiCropAugmentation(MultiCropConfig(local_crop_size=16, rlc=8, glc=4, guided_jitter=0.5),
-                                NO_PHOTOMETRIC, global_size=32)
+    aug = MultiCropAugmentation(
+        MultiCropConfig(local_crop_size=16, rlc=8, glc=4, guided_jitter=0.5), NO_PHOTOMETRIC, global_size=32
+    )
     g = torch.Generator().manual_seed(3)
     sample = aug(img, mask, g)
     assert sample.globals.shape == (2, 1, 32, 32) and sample.locals.shape == (12, 1, 16, 16)
     assert sample.n_guided == 4
-    for (y, x) in sample.guided_points:
+    for y, x in sample.guided_points:
         assert mask[y, x]
     # every guided crop shows the bright calcium; random crops of a 0.1 %-area lesion mostly do not
     assert all(float(c.max()) > -0.5 for c in sample.locals[8:])

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from cacstream.training.dino.schedules import cosine_scheduler, teacher_temperature_schedule
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cacstream.engine.domain import NUM_SEG_CLASSES
 from cacstream.training.export import check_inputs, check_onnx, export_onnx
 from cacstream.training.models.classifier import FeatureSpec, LinearHead, SliceFilter

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cacstream.engine.domain import NUM_SEG_CLASSES
 from cacstream.training.models.unet import UNet
 from cacstream.training.unet_trainer import auto_class_weights, segmentation_loss
@@ -36,7 +35,7 @@ def test_loss_matches_hand_computation_and_ignores_absent_classes() -> None:
     target[0, 0, 0] = 2
     loss, parts = segmentation_loss(logits, target, None, ce_weight=1.0, dice_weight=1.0, eps=0.0)
     p = torch.softmax(logits, 1)
-    ce = -(torch.log(p[0, 2, 0, 0]) + 3 * torch.log(p[0, 0, 0, 1]))/4
+    ce = -(torch.log(p[0, 2, 0, 0]) + 3 * torch.log(p[0, 0, 0, 1])) / 4
     inter = p[0, 2, 0, 0]
     dice = 2 * inter / (p[0, 2].sum() + 1)  # only LAD is present: LM/LCX/RCA have no Dice term
     assert parts["ce"] == pytest.approx(float(ce), rel=1e-5)
@@ -53,7 +52,9 @@ def test_auto_class_weights() -> None:
 
 
 def test_fits_a_tiny_segmentation() -> None:
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # tiny tensors: a thread pool only adds wake-up latency
     x = torch.randn(4, 1, 16, 16)
     y = (x[:, 0] > 1.0).long() * 3  # "LCX" where the input is bright
     m = UNet(base_filters=4, depth=2)
@@ -65,4 +66,5 @@ def test_fits_a_tiny_segmentation() -> None:
         loss.backward()
         opt.step()
         first = first if first is not None else float(loss)
+    torch.set_num_threads(threads)
     assert float(loss) < 0.5 * first

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from cacstream.training.models.registry import create_model
 from cacstream.training.models.vit import (
     Attention,
@@ -40,10 +39,22 @@ def test_attention_equals_explicit_softmax_attention() -> None:
 
 def test_parameter_names_follow_dino_and_timm() -> None:
     names = set(small_vit().state_dict())
-    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                "blocks.0.norm1.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias",
-                "blocks.0.attn.proj.weight", "blocks.0.norm2.bias", "blocks.2.mlp.fc1.weight",
-                "blocks.2.mlp.fc2.bias", "norm.weight", "norm.bias", "input_adapter.weight"):
+    for key in (
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "blocks.0.norm1.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.norm2.bias",
+        "blocks.2.mlp.fc1.weight",
+        "blocks.2.mlp.fc2.bias",
+        "norm.weight",
+        "norm.bias",
+        "input_adapter.weight",
+    ):
         assert key in names, key
     assert small_vit().state_dict()["pos_embed"].shape == (1, 1 + 16, 48)
 
@@ -80,7 +91,11 @@ def test_build_size_has_no_interpolation_and_other_sizes_interpolate_bicubically
     assert m.interpolate_pos_encoding(17, 32, 32) is m.pos_embed
     pe = m.interpolate_pos_encoding(1 + 4, 16, 16)
     grid = m.pos_embed[:, 1:].reshape(1, 4, 4, 48).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=(2, 2), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 4, 48)
+    expected = (
+        F.interpolate(grid, size=(2, 2), mode="bicubic", align_corners=False)
+        .permute(0, 2, 3, 1)
+        .reshape(1, 4, 48)
+    )
     torch.testing.assert_close(pe[:, 1:], expected)
     torch.testing.assert_close(pe[:, :1], m.pos_embed[:, :1])
     assert m(torch.randn(2, 1, 16, 16)).shape == (2, 48)  # a local crop size

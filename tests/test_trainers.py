@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import math
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import tomllib
 import torch
-
 from _synthetic_ct import write_cases
 from cacstream.engine.cli import main
 from cacstream.training.weights import load_weights
@@ -45,8 +44,10 @@ def ci_config(stage: str, data_dir: Path, out: Path, **over: Any) -> Path:
     """The shipped CI config of ``stage`` with its data replaced by the synthetic cases."""
     with open(CONFIGS / f"ci_{stage}.toml", "rb") as fh:
         cfg = tomllib.load(fh)
-    cfg["data"] = {"sources": [{"kind": "npz", "path": str(data_dir)}],
-                   "split": {"val_fraction": 0.2, "test_fraction": 0.2, "stratify": False, "seed": 0}}
+    cfg["data"] = {
+        "sources": [{"kind": "npz", "path": str(data_dir)}],
+        "split": {"val_fraction": 0.2, "test_fraction": 0.2, "stratify": False, "seed": 0},
+    }
     cfg = _merge(cfg, over)
     path = out / f"{stage}-{len(list(out.glob('*.json')))}.json"
     path.write_text(json.dumps(cfg))
@@ -104,13 +105,23 @@ def test_dino_student_learns_to_predict_the_teacher(dino_run: Path) -> None:
     assert all(0.0 < r["guided_crop_fraction"] < 0.34 for r in rec)  # GLC crops happen, RLC dominate
     run = json.loads((dino_run / "run.json").read_text())
     assert run["finished"] and run["weights_are"] == "teacher backbone"
-    assert run["data"]["train"]["patients"] + run["data"]["val"]["patients"] + run["data"]["test"]["patients"] == 8
+    assert (
+        run["data"]["train"]["patients"] + run["data"]["val"]["patients"] + run["data"]["test"]["patients"]
+        == 8
+    )
     assert (dino_run / "curves.png").stat().st_size > 1000
 
 
 def test_dino_resume_replays_the_uninterrupted_run(work: Path) -> None:
-    cfg = ci_config("dino", work / "cases", work, epochs=3, warmup_epochs=1, warmup_teacher_temp_epochs=2,
-                    checkpoint_every=1)
+    cfg = ci_config(
+        "dino",
+        work / "cases",
+        work,
+        epochs=3,
+        warmup_epochs=1,
+        warmup_teacher_temp_epochs=2,
+        checkpoint_every=1,
+    )
     full, parts = work / "dino-full", work / "dino-parts"
     train("dino", cfg, full)
     train("dino", cfg, parts, "--stop-after-epochs", "1")
@@ -120,7 +131,9 @@ def test_dino_resume_replays_the_uninterrupted_run(work: Path) -> None:
     a, b = epochs(full), epochs(parts)
     assert [r["iterations"] for r in a] == [r["iterations"] for r in b]
     np.testing.assert_allclose([r["train_loss"] for r in b], [r["train_loss"] for r in a], rtol=1e-5)
-    np.testing.assert_allclose([r["teacher_entropy"] for r in b], [r["teacher_entropy"] for r in a], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["teacher_entropy"] for r in b], [r["teacher_entropy"] for r in a], rtol=1e-5
+    )
     # resuming with a changed config is refused
     changed = ci_config("dino", work / "cases", work, epochs=4, warmup_epochs=1, warmup_teacher_temp_epochs=2)
     assert main(["train", "dino", "--config", str(changed), "--out", str(parts), "--resume", "--quiet"]) == 3
@@ -142,13 +155,15 @@ def test_unet_learns(unet_run: Path) -> None:
     assert rec[-1]["train_loss"] < 0.7 * rec[0]["train_loss"]
     run = json.loads((unet_run / "run.json").read_text())
     assert run["classes"] == ["background", "LM", "LAD", "LCX", "RCA"]
-    assert run["metrics"]["val"]["mean_dice"] > 0.2
+    assert run["metrics"]["val"]["mean_dice"] > 0.25  # synthetic calcium, arteries told apart by position
 
 
 def test_export_matches_pytorch_and_serves(work: Path, classifier_run: Path, unet_run: Path) -> None:
     out = work / "weights"
     t0 = time.perf_counter()
-    rc = main(["export", "--classifier", str(classifier_run), "--segmenter", str(unet_run), "--out", str(out)])
+    rc = main(
+        ["export", "--classifier", str(classifier_run), "--segmenter", str(unet_run), "--out", str(out)]
+    )
     TIMINGS["export"] = time.perf_counter() - t0
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
@@ -159,10 +174,12 @@ def test_export_matches_pytorch_and_serves(work: Path, classifier_run: Path, une
     assert not list(out.glob("*.pt*")) and not list(out.glob("*.pkl"))
     bundle = load_weights(out)
     assert bundle.slice_filter is not None and bundle.segmenter is not None
-    assert bundle.slice_filter.threshold == json.loads((classifier_run / "run.json").read_text())["metrics"]["threshold"]
+    assert (
+        bundle.slice_filter.threshold
+        == json.loads((classifier_run / "run.json").read_text())["metrics"]["threshold"]
+    )
     # the served modules equal the trained ones, and ONNX Runtime equals both on a real slice
     import onnxruntime as ort
-
     from cacstream.training.datasets.cases import load_npz_case
     from cacstream.training.datasets.preprocess import preprocess_slices
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cacstream.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -27,8 +26,11 @@ from cacstream.training.metrics_log import MetricsLog
 def _model_and_opt() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
-    opt = torch.optim.AdamW([{"params": [m[0].weight]}, {"params": [m[0].bias, *m[1].parameters()], "weight_decay": 0.0}],
-                            lr=1e-2, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": [m[0].weight]}, {"params": [m[0].bias, *m[1].parameters()], "weight_decay": 0.0}],
+        lr=1e-2,
+        betas=(0.9, 0.95),
+    )
     return m, opt
 
 
@@ -45,7 +47,9 @@ def test_resumed_optimizer_continues_bit_for_bit(tmp_path: Path) -> None:
     for s in range(3):
         _step(m, opt, s)
     t_opt, meta_opt = optimizer_to_tensors(opt)
-    save_checkpoint(tmp_path, {**prefixed("model", m.state_dict()), **t_opt}, {"epoch": 3, "optimizer": meta_opt})
+    save_checkpoint(
+        tmp_path, {**prefixed("model", m.state_dict()), **t_opt}, {"epoch": 3, "optimizer": meta_opt}
+    )
     for s in range(3, 6):
         _step(m, opt, s)
     tensors, meta = load_checkpoint(tmp_path)
@@ -68,7 +72,9 @@ def test_no_pickles_and_integrity_check(tmp_path: Path) -> None:
     json.loads((tmp_path / "checkpoint.json").read_text())
     # a tensor file that does not match its JSON is refused
     save_checkpoint(tmp_path / "other", {"x": torch.zeros(4)}, {"epoch": 1})
-    (tmp_path / "checkpoint.safetensors").write_bytes((tmp_path / "other" / "checkpoint.safetensors").read_bytes())
+    (tmp_path / "checkpoint.safetensors").write_bytes(
+        (tmp_path / "other" / "checkpoint.safetensors").read_bytes()
+    )
     with pytest.raises(CheckpointError, match="do not match"):
         load_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
@@ -87,8 +93,12 @@ def test_rng_state_round_trip() -> None:
 def test_metrics_log_resume_truncates_and_plots(tmp_path: Path) -> None:
     log = MetricsLog(tmp_path, "test run")
     for e in range(3):
-        log.append({"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 2.0 / (e + 1), "lr": 0.1, "time_s": 1.0})
-    assert (tmp_path / "curves.png").stat().st_size > 1000
+        log.append(
+            {"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 2.0 / (e + 1), "lr": 0.1, "time_s": 1.0}
+        )
+    assert not (tmp_path / "curves.png").exists()  # plots are throttled (plot_every_s) ...
+    log.finish()
+    assert (tmp_path / "curves.png").stat().st_size > 1000  # ... and always drawn at the end
     again = MetricsLog(tmp_path, "test run")
     assert again.series("train_loss") == [1.0, 0.5, 1 / 3]
     again.truncate(2)

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.config import (
     STAGES,
@@ -27,26 +26,44 @@ DATA = {"sources": [{"kind": "npz", "path": "cases"}]}
 
 def test_toml_and_json_give_the_same_config(tmp_path: Path) -> None:
     (tmp_path / "a.toml").write_text(
-        'arch = "vit_tiny_patch16"\nepochs = 3\n[preprocess]\ninput_size = 64\n'
-        '[multicrop]\nglc = 2\n[[data.sources]]\nkind = "npz"\npath = "cases"\n')
-    (tmp_path / "a.json").write_text(json.dumps({"arch": "vit_tiny_patch16", "epochs": 3, "preprocess": {"input_size": 64},
-                                                 "multicrop": {"glc": 2}, "data": DATA}))
+        'arch = "vit_tiny_patch16"\nepochs = 3\nwarmup_epochs = 1\nwarmup_teacher_temp_epochs = 2\n'
+        '[preprocess]\ninput_size = 64\n'
+        '[multicrop]\nglc = 2\n[[data.sources]]\nkind = "npz"\npath = "cases"\n'
+    )
+    (tmp_path / "a.json").write_text(
+        json.dumps(
+            {
+                "arch": "vit_tiny_patch16",
+                "epochs": 3,
+                "warmup_epochs": 1,
+                "warmup_teacher_temp_epochs": 2,
+                "preprocess": {"input_size": 64},
+                "multicrop": {"glc": 2},
+                "data": DATA,
+            }
+        )
+    )
     a, b = load_config("dino", tmp_path / "a.toml"), load_config("dino", tmp_path / "a.json")
     assert a == b
-    assert isinstance(a, DinoConfig) and a.preprocess == PreprocessConfig(input_size=64) and a.multicrop.glc == 2
+    assert (
+        isinstance(a, DinoConfig) and a.preprocess == PreprocessConfig(input_size=64) and a.multicrop.glc == 2
+    )
     assert a.data.sources[0].path == str((tmp_path / "cases").resolve())  # relative to the config file
 
 
-@pytest.mark.parametrize(("data", "match"), [
-    ({"epocs": 3}, r"unknown key\(s\) \['epocs'\]"),
-    ({"epochs": "3"}, r"epochs: expected an integer"),
-    ({"multicrop": {"glc": -1}}, r"glc must be >= 0"),
-    ({"preprocess": {"normalisation": "zscore"}}, r"preprocess.*normalisation"),
-    ({"runtime": {"precision": "fp8"}}, r"runtime.precision: 'fp8' is not one of"),
-    ({"warmup_teacher_temp_epochs": 500}, r"warmup_teacher_temp_epochs \(500\) exceeds epochs"),
-    ({"data": {"sources": []}}, r"data.sources is empty"),
-    ({"data": {"sources": [{"kind": "phantom"}]}}, r"seeds must be"),
-])
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"epocs": 3}, r"unknown key\(s\) \['epocs'\]"),
+        ({"epochs": "3"}, r"epochs: expected an integer"),
+        ({"multicrop": {"glc": -1}}, r"glc must be >= 0"),
+        ({"preprocess": {"normalisation": "zscore"}}, r"preprocess.*normalisation"),
+        ({"runtime": {"precision": "fp8"}}, r"runtime.precision: 'fp8' is not one of"),
+        ({"warmup_teacher_temp_epochs": 500}, r"warmup_teacher_temp_epochs \(500\) exceeds epochs"),
+        ({"data": {"sources": []}}, r"data.sources is empty"),
+        ({"data": {"sources": [{"kind": "phantom"}]}}, r"seeds must be"),
+    ],
+)
 def test_bad_values_are_named(tmp_path: Path, data: dict, match: str) -> None:
     full = {"data": DATA, **data}
     path = tmp_path / "bad.json"
@@ -82,8 +99,12 @@ def test_every_field_is_documented_and_round_trips() -> None:
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no documentation"
             assert f.name in text
-        default = cls(data=config_from_dict(stage, {"data": DATA, **({"backbone": "x"} if cls is ClassifierConfig else {})}).data,
-                      **({"backbone": "x"} if cls is ClassifierConfig else {}))
+        default = cls(
+            data=config_from_dict(
+                stage, {"data": DATA, **({"backbone": "x"} if cls is ClassifierConfig else {})}
+            ).data,
+            **({"backbone": "x"} if cls is ClassifierConfig else {}),
+        )
         assert config_from_dict(stage, config_to_dict(default)) == default
 
 

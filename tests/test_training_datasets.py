@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _synthetic_ct import make_case, write_cases
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.config import DataConfig, SourceConfig, SplitConfig
@@ -51,8 +50,12 @@ def test_bad_case_files_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(CaseError, match="bad.npz.*pixel_spacing_mm"):
         load_npz_case(bad)
     lab = tmp_path / "lab.npz"
-    np.savez(lab, hu=np.zeros((2, 4, 4), np.float32), labels=np.full((2, 4, 4), 7, np.uint8),
-             pixel_spacing_mm=np.array([0.5, 0.5]))
+    np.savez(
+        lab,
+        hu=np.zeros((2, 4, 4), np.float32),
+        labels=np.full((2, 4, 4), 7, np.uint8),
+        pixel_spacing_mm=np.array([0.5, 0.5]),
+    )
     with pytest.raises(CaseError, match="lab.npz.*label value 7"):
         load_npz_case(lab)
     junk = tmp_path / "junk.npz"
@@ -60,7 +63,9 @@ def test_bad_case_files_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(CaseError, match="junk.npz"):
         load_npz_case(junk)
     (tmp_path / "half").mkdir()
-    (tmp_path / "half" / "case.json").write_text('{"patient_id": "p", "pixel_spacing_mm": [1, 1], "has_labels": false}')
+    (tmp_path / "half" / "case.json").write_text(
+        '{"patient_id": "p", "pixel_spacing_mm": [1, 1], "has_labels": false}'
+    )
     with pytest.raises(CaseError, match="half.*hu.npy"):
         load_case_dir(tmp_path / "half")
     with pytest.raises(SourceError, match="no .npz"):
@@ -111,7 +116,9 @@ def test_preprocessing_equals_kernels_reference(normalisation: str, antialias: b
     rng = np.random.default_rng(0)
     hu = rng.normal(0, 400, (3, 64, 80)).astype(np.float32)
     hu[0, 5:9, 5:9] = 1500.0
-    cfg = PreprocessConfig(normalisation=normalisation, input_size=32, antialias=antialias, window_hu=(-200, 600))
+    cfg = PreprocessConfig(
+        normalisation=normalisation, input_size=32, antialias=antialias, window_hu=(-200, 600)
+    )
     expected = reference.preprocess(hu, config=cfg).model_input
     got = preprocess_slices(hu, cfg).numpy()
     assert got.shape == expected.shape == (3, 1, 32, 32)
@@ -123,7 +130,9 @@ def test_minmax_normalisation_is_the_papers() -> None:
     out = normalise_hu(hu, PreprocessConfig()).numpy()
     expected = (hu - hu.min()) / (hu.max() - hu.min() + 1e-7) * 2 - 1
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    assert float(normalise_hu(np.full((1, 4, 4), 40.0), PreprocessConfig()).abs().max()) == 1.0  # constant -> -1
+    assert (
+        float(normalise_hu(np.full((1, 4, 4), 40.0), PreprocessConfig()).abs().max()) == 1.0
+    )  # constant -> -1
 
 
 def test_slice_selection_keeps_calcified_slices_and_caps() -> None:
@@ -157,16 +166,24 @@ def test_segmentation_dataset_patches_hold_calcium_and_negatives_rotate() -> Non
     refs = select_slices(cases, DataConfig())
     pos = [r for r in refs if r.calcified]
     neg = [r for r in refs if not r.calcified]
-    ds = SegmentationSliceDataset(cases, pos, neg, PreprocessConfig(input_size=64), train_crop=32,
-                                  positive_crop_p=1.0, negative_fraction=0.5, seed=0)
+    ds = SegmentationSliceDataset(
+        cases,
+        pos,
+        neg,
+        PreprocessConfig(input_size=64),
+        train_crop=32,
+        positive_crop_p=1.0,
+        negative_fraction=0.5,
+        seed=0,
+    )
     assert len(ds) == len(pos) + round(0.5 * len(pos))
     for i in range(len(pos)):
         x, y = ds[i]
         assert x.shape == (1, 32, 32) and y.shape == (32, 32) and y.dtype == torch.int64
         assert int((y > 0).sum()) > 0
-    first = [r.z for r in ds.refs[len(pos):]]
+    first = [r.z for r in ds.refs[len(pos) :]]
     ds.set_epoch(1)
-    assert [r.z for r in ds.refs[len(pos):]] != first or len(neg) <= ds.n_neg
+    assert [r.z for r in ds.refs[len(pos) :]] != first or len(neg) <= ds.n_neg
     full = SegmentationSliceDataset(cases, pos, neg, PreprocessConfig(input_size=64), train=False)
     x, y = full[0]
     case = cases[pos[0].case]
@@ -179,3 +196,28 @@ def test_npz_source_reads_every_case(tmp_path: Path) -> None:
     assert [c.patient_id for c in cases] == ["patient-0", "patient-1", "patient-2"]
     unl = list(iter_source(SourceConfig(kind="npz", path=str(tmp_path), use_labels=False)))
     assert all(c.labels is None for c in unl)
+
+
+def test_phantom_source_generates_and_caches(tmp_path: Path) -> None:
+    pytest.importorskip("cacstream.training.phantom")
+    src = SourceConfig(
+        kind="phantom", seeds=[5, 1], phantom={"matrix": 64}, cache_dir=str(tmp_path / "cache")
+    )
+    (first,) = list(iter_source(src))
+    assert first.patient_id == "phantom-5" and first.hu.shape[1:] == (64, 64)
+    assert first.labels is not None and first.labels.shape == first.hu.shape
+    assert (tmp_path / "cache" / "phantom-5" / "case.json").is_file()
+    (again,) = list(iter_source(src))  # served from the cache, memory-mapped
+    assert isinstance(again.hu, np.memmap)
+    np.testing.assert_allclose(again.hu, first.hu)
+    np.testing.assert_array_equal(again.labels, first.labels)
+
+
+def test_coca_source_reads_gated_patients_with_labels(coca_root: Path) -> None:
+    from cacstream.training.data import coca
+
+    pid = coca.list_gated_patients(coca_root)[0]
+    (case,) = list(iter_source(SourceConfig(kind="coca", path=str(coca_root), patients=[pid])))
+    assert case.patient_id == f"coca-gated-{pid}" and case.labels is not None
+    assert case.hu.shape == case.labels.shape and case.calcified_slices().any()
+    assert case.pixel_spacing_mm[0] > 0

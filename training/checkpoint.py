@@ -47,10 +47,12 @@ def prefixed(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def unprefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     p = f"{prefix}/"
-    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+    return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
 
 
-def optimizer_to_tensors(opt: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict[str, Tensor], dict[str, Any]]:
+def optimizer_to_tensors(
+    opt: torch.optim.Optimizer, prefix: str = "optimizer"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split an optimizer state dict into tensors and JSON (param groups and non-tensor state)."""
     sd = opt.state_dict()
     tensors: dict[str, Tensor] = {}
@@ -61,17 +63,20 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer, prefix: str = "optimizer") 
                 tensors[f"{prefix}/state/{idx}/{k}"] = v.detach().to("cpu").contiguous().clone()
             else:
                 scalars.setdefault(str(idx), {})[k] = v
-    groups = json.loads(json.dumps(sd["param_groups"], default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    groups = json.loads(
+        json.dumps(sd["param_groups"], default=lambda o: list(o) if isinstance(o, tuple) else str(o))
+    )
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any],
-                           prefix: str = "optimizer") -> None:
+def optimizer_from_tensors(
+    opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any], prefix: str = "optimizer"
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     p = f"{prefix}/state/"
     for k, v in tensors.items():
         if k.startswith(p):
-            idx, name = k[len(p):].split("/", 1)
+            idx, name = k[len(p) :].split("/", 1)
             state.setdefault(int(idx), {})[name] = v
     for idx, vals in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(vals)
@@ -89,8 +94,10 @@ def rng_to_tensors() -> tuple[dict[str, Tensor], dict[str, Any]]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             t[f"rng/cuda/{i}"] = s
     np_state = np.random.get_state()
-    meta = {"numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "python": json.loads(json.dumps(random.getstate(), default=list))}
+    meta = {
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": json.loads(json.dumps(random.getstate(), default=list)),
+    }
     return t, meta
 
 
@@ -98,7 +105,9 @@ def rng_from_tensors(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     if "rng/torch" in tensors:
         torch.set_rng_state(tensors["rng/torch"])
     if torch.cuda.is_available():
-        states = [tensors[f"rng/cuda/{i}"] for i in range(torch.cuda.device_count()) if f"rng/cuda/{i}" in tensors]
+        states = [
+            tensors[f"rng/cuda/{i}"] for i in range(torch.cuda.device_count()) if f"rng/cuda/{i}" in tensors
+        ]
         if states:
             torch.cuda.set_rng_state_all(states)
     if "numpy" in meta:
@@ -134,7 +143,9 @@ def load_checkpoint(run_dir: Path, map_location: str = "cpu") -> tuple[dict[str,
     run_dir = Path(run_dir)
     mp, tp = run_dir / META_FILE, run_dir / TENSORS_FILE
     if not mp.is_file() or not tp.is_file():
-        raise CheckpointError(f"{run_dir}: no checkpoint to resume from ({META_FILE} + {TENSORS_FILE} needed)")
+        raise CheckpointError(
+            f"{run_dir}: no checkpoint to resume from ({META_FILE} + {TENSORS_FILE} needed)"
+        )
     try:
         meta = json.loads(mp.read_text())
     except json.JSONDecodeError as e:

@@ -23,10 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import Tensor
-from torch.utils.data import DataLoader
-
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.checkpoint import (
     has_checkpoint,
@@ -62,6 +58,9 @@ from cacstream.training.runtime import (
     write_json,
     write_run_config,
 )
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,10 @@ def read_run_record(run_dir: Path, stage: str) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise RunError(f"{path}: unreadable ({e})") from None
     if rec.get("stage") != stage or not rec.get("finished"):
-        raise RunError(f"{path}: a {rec.get('stage')!r} run (finished={rec.get('finished')}), expected a finished {stage!r} run")
+        raise RunError(
+            f"{path}: a {rec.get('stage')!r} run (finished={rec.get('finished')}), "
+            f"expected a finished {stage!r} run"
+        )
     return rec
 
 
@@ -96,14 +98,24 @@ def load_backbone_run(run_dir: Path) -> tuple[VisionTransformer, PreprocessConfi
         raise RunError(f"{path}: cannot read backbone weights ({e})") from None
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise RunError(f"{path}: weights do not fit {rec['arch']} {rec.get('arch_kwargs')}: "
-                       f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RunError(
+            f"{path}: weights do not fit {rec['arch']} {rec.get('arch_kwargs')}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model, PreprocessConfig.from_dict(rec["preprocess"]), rec
 
 
 @torch.no_grad()
-def compute_features(backbone: VisionTransformer, dataset: ClassifierSliceDataset, spec: FeatureSpec,
-                     device: torch.device, precision: str, batch_size: int, bar: Any, label: str) -> tuple[Tensor, Tensor]:
+def compute_features(
+    backbone: VisionTransformer,
+    dataset: ClassifierSliceDataset,
+    spec: FeatureSpec,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    bar: Any,
+    label: str,
+) -> tuple[Tensor, Tensor]:
     """Frozen features and targets of every slice of ``dataset`` (float32 on the CPU)."""
     backbone.eval()
     feats, targets = [], []
@@ -116,10 +128,14 @@ def compute_features(backbone: VisionTransformer, dataset: ClassifierSliceDatase
         bar.update(task, advance=len(y))
     bar.remove_task(task)
     dim = spec.dim(backbone.embed_dim)
-    return (torch.cat(feats) if feats else torch.zeros(0, dim)), (torch.cat(targets) if targets else torch.zeros(0))
+    return (torch.cat(feats) if feats else torch.zeros(0, dim)), (
+        torch.cat(targets) if targets else torch.zeros(0)
+    )
 
 
-def _evaluate(head: LinearHead, feats: Tensor, targets: Tensor, pos_weight: float, device: torch.device) -> dict[str, float]:
+def _evaluate(
+    head: LinearHead, feats: Tensor, targets: Tensor, pos_weight: float, device: torch.device
+) -> dict[str, float]:
     if not len(targets):
         return {}
     head.eval()
@@ -128,8 +144,13 @@ def _evaluate(head: LinearHead, feats: Tensor, targets: Tensor, pos_weight: floa
     loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor(pos_weight))
     probs = torch.sigmoid(logits).numpy()
     m = binary_metrics(probs, targets.numpy(), 0.5)
-    return {"loss": float(loss), "f1": m["f1"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-            "auc": roc_auc(probs, targets.numpy())}
+    return {
+        "loss": float(loss),
+        "f1": m["f1"],
+        "sensitivity": m["sensitivity"],
+        "specificity": m["specificity"],
+        "auc": roc_auc(probs, targets.numpy()),
+    }
 
 
 def _probs(head: LinearHead, feats: Tensor, device: torch.device) -> np.ndarray:
@@ -147,17 +168,38 @@ def _split_overlap(dino_run: Path, split: Split) -> list[str]:
     return sorted(dino_train & (set(split.val) | set(split.test)))
 
 
-def train_classifier(cfg: ClassifierConfig, run_dir: Path, *, resume: bool = False,
-                     stop_after_epochs: int | None = None, quiet: bool = False,
-                     command: Sequence[str] | None = None) -> TrainResult:
+def train_classifier(
+    cfg: ClassifierConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    quiet: bool = False,
+    command: Sequence[str] | None = None,
+) -> TrainResult:
     """Train (or resume) the linear slice classifier into ``run_dir``."""
     with runtime_scope(cfg.runtime) as device:
-        return _train_classifier(cfg, Path(run_dir), device, resume=resume, stop_after_epochs=stop_after_epochs,
-                                  quiet=quiet, command=command)
+        return _train_classifier(
+            cfg,
+            Path(run_dir),
+            device,
+            resume=resume,
+            stop_after_epochs=stop_after_epochs,
+            quiet=quiet,
+            command=command,
+        )
 
 
-def _train_classifier(cfg: ClassifierConfig, run_dir: Path, device: torch.device, *, resume: bool,
-                      stop_after_epochs: int | None, quiet: bool, command: Sequence[str] | None) -> TrainResult:
+def _train_classifier(
+    cfg: ClassifierConfig,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    resume: bool,
+    stop_after_epochs: int | None,
+    quiet: bool,
+    command: Sequence[str] | None,
+) -> TrainResult:
     if resume and not has_checkpoint(run_dir):
         raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
     if not resume and has_checkpoint(run_dir):
@@ -175,19 +217,31 @@ def _train_classifier(cfg: ClassifierConfig, run_dir: Path, device: torch.device
     loaded = load_data(cfg.data, run_dir, quiet)
     overlap = _split_overlap(Path(cfg.backbone), loaded.split)
     if overlap:
-        log.warning("%d validation/test patients were in the DINO training split: %s", len(overlap), overlap[:5])
+        log.warning(
+            "%d validation/test patients were in the DINO training split: %s", len(overlap), overlap[:5]
+        )
     sets: dict[str, ClassifierSliceDataset] = {}
     for name in ("train", "val", "test"):
         cases = [c for c in loaded.cases_of(name) if c.labelled]
         refs = select_slices(cases, cfg.data, labelled_only=True, seed=seed)
-        sets[name] = ClassifierSliceDataset(cases, refs, preprocess, augment=(cfg.augment and name == "train"),
-                                            crop_scale=(cfg.crop_scale[0], cfg.crop_scale[1]), seed=seed)
+        sets[name] = ClassifierSliceDataset(
+            cases,
+            refs,
+            preprocess,
+            augment=(cfg.augment and name == "train"),
+            crop_scale=(cfg.crop_scale[0], cfg.crop_scale[1]),
+            seed=seed,
+        )
     y_train = sets["train"].targets()
     n_pos, n_neg = int(y_train.sum()), int(len(y_train) - y_train.sum())
     if not len(y_train) or not n_pos or not n_neg:
-        raise ValueError(f"the training split needs calcified and calcium-free labelled slices (has {n_pos} and {n_neg})")
+        raise ValueError(
+            f"the training split needs calcified and calcium-free labelled slices (has {n_pos} and {n_neg})"
+        )
     if not len(sets["val"]):
-        raise ValueError("the validation split has no labelled slices: early stopping and the threshold need them")
+        raise ValueError(
+            "the validation split has no labelled slices: early stopping and the threshold need them"
+        )
     pos_weight = cfg.pos_weight or n_neg / n_pos
 
     head = LinearHead(spec.dim(backbone.embed_dim)).to(device)
@@ -213,8 +267,9 @@ def _train_classifier(cfg: ClassifierConfig, run_dir: Path, device: torch.device
         for name in ("train", "val", "test"):
             if name == "train" and cfg.augment:
                 continue
-            cache[name] = compute_features(backbone, sets[name], spec, device, cfg.runtime.precision,
-                                           cfg.batch_size, bar, name)
+            cache[name] = compute_features(
+                backbone, sets[name], spec, device, cfg.runtime.precision, cfg.batch_size, bar, name
+            )
         ep_task = bar.add_task("classifier epochs", total=cfg.epochs, completed=start_epoch, info="")
         for epoch in range(start_epoch, cfg.epochs):
             if stopped_early:
@@ -232,7 +287,7 @@ def _train_classifier(cfg: ClassifierConfig, run_dir: Path, device: torch.device
             if cfg.augment:
                 sets["train"].set_epoch(epoch)
             for s in range(0, len(order), cfg.batch_size):
-                idx = order[s:s + cfg.batch_size]
+                idx = order[s : s + cfg.batch_size]
                 if cfg.augment:
                     items = [sets["train"][int(i)] for i in idx]
                     x = torch.stack([a for a, _ in items]).to(device)
@@ -242,11 +297,13 @@ def _train_classifier(cfg: ClassifierConfig, run_dir: Path, device: torch.device
                 else:
                     f, y = cache["train"][0][idx].to(device), cache["train"][1][idx].to(device)
                 logits = head(f)
-                loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor(pos_weight, device=device))
+                loss = F.binary_cross_entropy_with_logits(
+                    logits, y, pos_weight=torch.tensor(pos_weight, device=device)
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 it += 1
             ran += 1
             val = _evaluate(head, *cache["val"], pos_weight, device)
@@ -257,10 +314,16 @@ def _train_classifier(cfg: ClassifierConfig, run_dir: Path, device: torch.device
             else:
                 bad_epochs += 1
                 stopped_early = bad_epochs >= cfg.patience
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
-                      "val_f1": val["f1"], "val_sensitivity": val["sensitivity"],
-                      "val_specificity": val["specificity"], "val_auc": val["auc"],
-                      "time_s": time.perf_counter() - t0}
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)),
+                "val_loss": val["loss"],
+                "val_f1": val["f1"],
+                "val_sensitivity": val["sensitivity"],
+                "val_specificity": val["specificity"],
+                "val_auc": val["auc"],
+                "time_s": time.perf_counter() - t0,
+            }
             if is_main():
                 mlog.append(record)
                 _save(run_dir, epoch + 1, head, best_state, optimizer, best_f1, bad_epochs, stopped_early)
@@ -279,38 +342,80 @@ def _train_classifier(cfg: ClassifierConfig, run_dir: Path, device: torch.device
         if not np.isfinite(threshold):
             threshold, threshold_rule = 0.5, "0.5 (the validation split has no calcified slice)"
         summary: dict[str, Any] = {
-            "threshold": threshold, "threshold_rule": threshold_rule, "pos_weight": pos_weight,
-            "best_val_f1_at_0.5": best_f1, "stopped_early": stopped_early,
+            "threshold": threshold,
+            "threshold_rule": threshold_rule,
+            "pos_weight": pos_weight,
+            "best_val_f1_at_0.5": best_f1,
+            "stopped_early": stopped_early,
             "val": binary_metrics(val_probs, val_t, threshold) | {"auc": roc_auc(val_probs, val_t)},
         }
         if len(cache["test"][1]):
             tp = _probs(head, cache["test"][0], device)
-            summary["test"] = binary_metrics(tp, cache["test"][1].numpy(), threshold) | {"auc": roc_auc(tp, cache["test"][1].numpy())}
+            summary["test"] = binary_metrics(tp, cache["test"][1].numpy(), threshold) | {
+                "auc": roc_auc(tp, cache["test"][1].numpy())
+            }
         result.summary = summary
     if is_main():
         model = SliceFilter(backbone, head, spec)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(run_dir / MODEL_FILE), metadata={"format": "cacstream-slice-filter/1"})
-        write_json(run_dir / RUN_RECORD_FILE, {
-            "stage": "classifier", "finished": True, "backbone_run": str(Path(cfg.backbone).resolve()),
-            "arch": dino_rec["arch"], "arch_kwargs": dino_rec.get("arch_kwargs", {}),
-            "embed_dim": backbone.embed_dim, "feature": spec.to_dict(), "feature_dim": spec.dim(backbone.embed_dim),
-            "preprocess": preprocess.to_dict(), "weights": MODEL_FILE, "augment": cfg.augment,
-            "dino": {k: dino_rec.get(k) for k in ("multicrop", "epochs", "iterations", "data", "metrics", "command")},
-            "data": data_summary(loaded), "dino_saw_eval_patients": overlap,
-            "train_slices": {"positive": n_pos, "negative": n_neg},
-            "metrics": summary, "epochs": mlog.records, "command": list(command or []),
-        })
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            str(run_dir / MODEL_FILE),
+            metadata={"format": "cacstream-slice-filter/1"},
+        )
+        write_json(
+            run_dir / RUN_RECORD_FILE,
+            {
+                "stage": "classifier",
+                "finished": True,
+                "backbone_run": str(Path(cfg.backbone).resolve()),
+                "arch": dino_rec["arch"],
+                "arch_kwargs": dino_rec.get("arch_kwargs", {}),
+                "embed_dim": backbone.embed_dim,
+                "feature": spec.to_dict(),
+                "feature_dim": spec.dim(backbone.embed_dim),
+                "preprocess": preprocess.to_dict(),
+                "weights": MODEL_FILE,
+                "augment": cfg.augment,
+                "dino": {
+                    k: dino_rec.get(k)
+                    for k in ("multicrop", "epochs", "iterations", "data", "metrics", "command")
+                },
+                "data": data_summary(loaded),
+                "dino_saw_eval_patients": overlap,
+                "train_slices": {"positive": n_pos, "negative": n_neg},
+                "metrics": summary,
+                "epochs": mlog.records,
+                "command": list(command or []),
+            },
+        )
     return result
 
 
-def _save(run_dir: Path, next_epoch: int, head: LinearHead, best: dict[str, Tensor], optimizer: torch.optim.Optimizer,
-          best_f1: float, bad_epochs: int, stopped_early: bool) -> None:
+def _save(
+    run_dir: Path,
+    next_epoch: int,
+    head: LinearHead,
+    best: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    best_f1: float,
+    bad_epochs: int,
+    stopped_early: bool,
+) -> None:
     tensors = {**prefixed("head", head.state_dict()), **prefixed("best_head", best)}
     opt_t, opt_meta = optimizer_to_tensors(optimizer)
     rng_t, rng_meta = rng_to_tensors()
     tensors.update(opt_t)
     tensors.update(rng_t)
-    save_checkpoint(run_dir, tensors, {"stage": "classifier", "epoch": next_epoch, "best_f1": best_f1,
-                                       "bad_epochs": bad_epochs, "stopped_early": stopped_early,
-                                       "optimizer": opt_meta, "rng": rng_meta})
+    save_checkpoint(
+        run_dir,
+        tensors,
+        {
+            "stage": "classifier",
+            "epoch": next_epoch,
+            "best_f1": best_f1,
+            "bad_epochs": bad_epochs,
+            "stopped_early": stopped_early,
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+        },
+    )

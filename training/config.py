@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+import tomllib
 from cacstream.kernels.config import PreprocessConfig
 
 
@@ -25,11 +25,17 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used, with the file and key in the message."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" reads best here
-    if isinstance(default, (dict, list)) or (dataclasses.is_dataclass(default) and not isinstance(default, type)):
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (dict, list)) or (
+        dataclasses.is_dataclass(default) and not isinstance(default, type)
+    ):
         value = default
-        return field(default_factory=lambda: dataclasses.replace(value) if dataclasses.is_dataclass(value)
-                     else type(value)(value), metadata={"help": help, **kw})
+        return field(
+            default_factory=lambda: (
+                dataclasses.replace(value) if dataclasses.is_dataclass(value) else type(value)(value)
+            ),
+            metadata={"help": help, **kw},
+        )
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -41,36 +47,55 @@ class SourceConfig:
     """One place cases come from. A case is one CT series of one patient (HU volume, optional labels)."""
 
     kind: Literal["npz", "case_dir", "phantom", "coca", "mask_folder"] = _f(
-        "npz", "npz: a folder of <case>.npz files (hu, labels, pixel_spacing_mm, patient_id); case_dir: a "
+        "npz",
+        "npz: a folder of <case>.npz files (hu, labels, pixel_spacing_mm, patient_id); case_dir: a "
         "cache folder of <case>/hu.npy + labels.npy + case.json (memory-mapped, for large sets); phantom: "
         "series made by cacstream.training.phantom (generated on the fly, cached under cache_dir when set); "
         "coca: gated COCA patients with calcium ROIs (labels) or non-gated ones (no labels); mask_folder: "
-        "DICOM series with mask files (cacstream.training.data.mask_folders).")
-    path: str = _f("", "folder of the source (npz, case_dir, coca root, mask folder root); relative paths "
-                   "are relative to the config file.")
-    seeds: list[int] = _f([], "phantom: [first_seed, count]; seeds used for training must never be used "
-                          "for evaluation.")
+        "DICOM series with mask files (cacstream.training.data.mask_folders).",
+    )
+    path: str = _f(
+        "",
+        "folder of the source (npz, case_dir, coca root, mask folder root); relative paths "
+        "are relative to the config file.",
+    )
+    seeds: list[int] = _f(
+        [], "phantom: [first_seed, count]; seeds used for training must never be used for evaluation."
+    )
     phantom: dict[str, Any] = _f({}, "phantom: keyword arguments of PhantomConfig (kind, matrix size, ...).")
     patients: list[str] = _f([], "coca / mask_folder: patient ids to use; empty = all found.")
     gated: bool = _f(True, "coca: true = gated scans with ROIs (labelled); false = non-gated (unlabelled).")
-    cache_dir: str = _f("", "phantom / coca: where to cache decoded cases as case_dir folders; empty = no "
-                        "cache (regenerate every run).")
-    use_labels: bool = _f(True, "false = treat this source as unlabelled even if it has labels (DINO "
-                          "ablations; never for the classifier or U-Net).")
+    cache_dir: str = _f(
+        "",
+        "phantom / coca: where to cache decoded cases as case_dir folders; empty = no "
+        "cache (regenerate every run).",
+    )
+    use_labels: bool = _f(
+        True,
+        "false = treat this source as unlabelled even if it has labels (DINO "
+        "ablations; never for the classifier or U-Net).",
+    )
 
 
 @dataclass(frozen=True)
 class SplitConfig:
     """Patient-level split: a patient's slices are all in one split, never spread over two."""
 
-    val_fraction: float = _f(0.1, "fraction of patients held out for validation (early stopping, "
-                             "operating threshold).")
+    val_fraction: float = _f(
+        0.1, "fraction of patients held out for validation (early stopping, operating threshold)."
+    )
     test_fraction: float = _f(0.1, "fraction of patients held out for testing; never touched by training.")
     seed: int = _f(0, "seed of the patient shuffle (the split is a pure function of patient ids and seed).")
-    stratify: bool = _f(True, "split calcified and calcium-free patients separately so every split gets "
-                        "both (the paper stratified by risk category).")
-    train: list[str] = _f([], "explicit training patient ids (then val and test must be explicit too, "
-                          "and the fractions are ignored).")
+    stratify: bool = _f(
+        True,
+        "split calcified and calcium-free patients separately so every split gets "
+        "both (the paper stratified by risk category).",
+    )
+    train: list[str] = _f(
+        [],
+        "explicit training patient ids (then val and test must be explicit too, "
+        "and the fractions are ignored).",
+    )
     val: list[str] = _f([], "explicit validation patient ids.")
     test: list[str] = _f([], "explicit test patient ids.")
 
@@ -79,10 +104,16 @@ class SplitConfig:
 class DataConfig:
     sources: list[SourceConfig] = _f([], "where the cases come from (at least one).")
     split: SplitConfig = _f(SplitConfig(), "patient-level train / val / test split.")
-    slice_stride: int = _f(1, "use every n-th slice of each series (2 halves the data of thin-slice series; "
-                           "calcified slices are always kept).")
-    max_slices_per_case: int = _f(0, "cap slices per case (0 = no cap); keeps one long series from "
-                                  "dominating. Calcified slices are kept first.")
+    slice_stride: int = _f(
+        1,
+        "use every n-th slice of each series (2 halves the data of thin-slice series; "
+        "calcified slices are always kept).",
+    )
+    max_slices_per_case: int = _f(
+        0,
+        "cap slices per case (0 = no cap); keeps one long series from "
+        "dominating. Calcified slices are kept first.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- runtime
@@ -92,13 +123,18 @@ class DataConfig:
 class RuntimeConfig:
     device: str = _f("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
     precision: Literal["fp32", "bf16", "fp16"] = _f(
-        "fp32", "autocast precision of forward passes: fp32 (CPU default), bf16 (CPUs with AMX/AVX512-BF16, "
-        "Ampere+ GPUs), fp16 (GPUs, with a gradient scaler; DINO's use_fp16).")
+        "fp32",
+        "autocast precision of forward passes: fp32 (CPU default), bf16 (CPUs with AMX/AVX512-BF16, "
+        "Ampere+ GPUs), fp16 (GPUs, with a gradient scaler; DINO's use_fp16).",
+    )
     compile: bool = _f(False, "torch.compile the models (GPUs; minutes of compile time, then faster).")
     threads: int = _f(0, "CPU threads for torch (0 = leave torch's default).")
     num_workers: int = _f(0, "data-loader worker processes (0 = in the main process; 2-8 on a GPU box).")
-    seed: int = _f(0, "seed of everything random (crops, shuffles, init); each epoch reseeds from "
-                   "(seed, epoch) so a resumed run replays exactly.")
+    seed: int = _f(
+        0,
+        "seed of everything random (crops, shuffles, init); each epoch reseeds from "
+        "(seed, epoch) so a resumed run replays exactly.",
+    )
 
 
 # ------------------------------------------------------------------------------------------- DINO
@@ -120,21 +156,29 @@ class AugmentConfig:
     sharpness_p: float = _f(0.8, "probability of the sharpness adjustment (paper: 0.8).")
     sharpness: float = _f(1.5, "sharpness factor (paper: 1.5; torchvision adjust_sharpness semantics).")
     noise_p: float = _f(0.5, "probability of additive Gaussian noise.")
-    noise_std: float = _f(0.03, "maximum noise standard deviation, in units of the [0, 1] intensity range "
-                          "(drawn uniformly in [0, max]).")
+    noise_std: float = _f(
+        0.03,
+        "maximum noise standard deviation, in units of the [0, 1] intensity range "
+        "(drawn uniformly in [0, max]).",
+    )
 
 
 @dataclass(frozen=True)
 class MultiCropConfig:
     global_crops_scale: list[float] = _f([0.4, 1.0], "area range of the 2 global crops (DINO: 0.4-1).")
-    local_crops_scale: list[float] = _f([0.05, 0.4], "area range of local crops, random and guided "
-                                        "(paper: 0.05-0.4).")
-    local_crop_size: int = _f(96, "side of local crops in pixels (DINO: 96 for 224 global crops); a multiple "
-                              "of the patch size.")
+    local_crops_scale: list[float] = _f(
+        [0.05, 0.4], "area range of local crops, random and guided (paper: 0.05-0.4)."
+    )
+    local_crop_size: int = _f(
+        96, "side of local crops in pixels (DINO: 96 for 224 global crops); a multiple of the patch size."
+    )
     rlc: int = _f(8, "RLC: random local crops per slice, every slice (paper Table 4: 8).")
     glc: int = _f(4, "GLC: guided local crops per labelled slice, centred on calcium (paper: 4; 0 = DINO).")
-    guided_jitter: float = _f(0.5, "how far the chosen calcium pixel may sit from the guided crop's centre, "
-                              "as a fraction of the half-width (0 = always centred).")
+    guided_jitter: float = _f(
+        0.5,
+        "how far the chosen calcium pixel may sit from the guided crop's centre, "
+        "as a fraction of the half-width (0 = always centred).",
+    )
     interpolation: Literal["bicubic", "bilinear"] = _f("bicubic", "resampling of crops (DINO: bicubic).")
 
 
@@ -142,18 +186,28 @@ class MultiCropConfig:
 class DinoConfig:
     """DINO-LG pretraining of the ViT backbone (paper §3.2, §4.1; facebookresearch/dino defaults)."""
 
-    arch: str = _f("vit_small_patch16", "backbone from the model registry (vit_{tiny,small,base}_patch{8,16}; "
-                   "the paper uses vit_base_patch8).")
-    arch_kwargs: dict[str, Any] = _f({}, "overrides of the registered architecture (e.g. depth for tiny CI "
-                                     "models); recorded in the weights.")
-    preprocess: PreprocessConfig = _f(PreprocessConfig(), "HU → model input (normalisation, input_size = "
-                                      "global crop size = the slice filter's input size).")
+    arch: str = _f(
+        "vit_small_patch16",
+        "backbone from the model registry (vit_{tiny,small,base}_patch{8,16}; "
+        "the paper uses vit_base_patch8).",
+    )
+    arch_kwargs: dict[str, Any] = _f(
+        {},
+        "overrides of the registered architecture (e.g. depth for tiny CI models); recorded in the weights.",
+    )
+    preprocess: PreprocessConfig = _f(
+        PreprocessConfig(),
+        "HU → model input (normalisation, input_size = global crop size = the slice filter's input size).",
+    )
     out_dim: int = _f(65536, "K, prototypes of the DINO head (DINO: 65536; 4096-16384 is plenty for CT).")
     head_hidden_dim: int = _f(2048, "DINO head hidden width.")
     head_bottleneck_dim: int = _f(256, "DINO head bottleneck width.")
     head_nlayers: int = _f(3, "DINO head MLP layers.")
-    norm_last_layer: bool = _f(True, "freeze the weight-norm gain of the last layer (DINO default; "
-                               "recommended for ViT-B, false can be better for ViT-S).")
+    norm_last_layer: bool = _f(
+        True,
+        "freeze the weight-norm gain of the last layer (DINO default; "
+        "recommended for ViT-B, false can be better for ViT-S).",
+    )
     momentum_teacher: float = _f(0.996, "base EMA momentum of the teacher, cosine-increased to 1.")
     warmup_teacher_temp: float = _f(0.04, "teacher temperature at the start.")
     teacher_temp: float = _f(0.07, "teacher temperature after warm-up (above 0.07 is unstable).")
@@ -172,8 +226,11 @@ class DinoConfig:
     drop_path_rate: float = _f(0.1, "stochastic depth of the student.")
     multicrop: MultiCropConfig = _f(MultiCropConfig(), "global / local / guided crops.")
     augment: AugmentConfig = _f(AugmentConfig(), "medical augmentations applied to every crop.")
-    data: DataConfig = _f(DataConfig(), "cases and split; DINO trains on the train split only (labelled and "
-                          "unlabelled), the val/test patients stay unseen.")
+    data: DataConfig = _f(
+        DataConfig(),
+        "cases and split; DINO trains on the train split only (labelled and "
+        "unlabelled), the val/test patients stay unseen.",
+    )
     runtime: RuntimeConfig = _f(RuntimeConfig(), "device, precision, seed.")
     checkpoint_every: int = _f(1, "write a resumable checkpoint every n epochs (and always at the end).")
 
@@ -185,25 +242,39 @@ class DinoConfig:
 class ClassifierConfig:
     """Linear slice classifier on frozen DINO-LG features (paper §3.3)."""
 
-    backbone: str = _f("", "a finished `cacstream train dino` run folder (its teacher backbone is used, "
-                       "as DINO evaluates the teacher). Required.")
+    backbone: str = _f(
+        "",
+        "a finished `cacstream train dino` run folder (its teacher backbone is used, "
+        "as DINO evaluates the teacher). Required.",
+    )
     feature_mode: Literal["cls", "cls_avgpool", "last_blocks"] = _f(
-        "cls", "cls: final [CLS] (paper); cls_avgpool: + mean patch token; last_blocks: [CLS] of the last "
-        "n_last_blocks blocks (DINO linear eval).")
+        "cls",
+        "cls: final [CLS] (paper); cls_avgpool: + mean patch token; last_blocks: [CLS] of the last "
+        "n_last_blocks blocks (DINO linear eval).",
+    )
     n_last_blocks: int = _f(1, "blocks concatenated for feature_mode last_blocks (DINO: 4 for ViT-S).")
     avgpool: bool = _f(False, "last_blocks: also append the mean patch token of the last block.")
     epochs: int = _f(10, "maximum epochs (paper: 10).")
     batch_size: int = _f(64, "slices per step (paper: 64).")
     lr: float = _f(1e-4, "Adam learning rate (paper: 1e-4).")
     weight_decay: float = _f(1e-4, "Adam weight decay (paper: 1e-4).")
-    pos_weight: float = _f(0.0, "positive-class weight of the BCE; 0 = n_negative / n_positive of the "
-                           "training split (the paper's 9.0 for 10 % positives).")
+    pos_weight: float = _f(
+        0.0,
+        "positive-class weight of the BCE; 0 = n_negative / n_positive of the "
+        "training split (the paper's 9.0 for 10 % positives).",
+    )
     patience: int = _f(3, "early stopping: epochs without a better validation F1 (paper: 3).")
-    target_sensitivity: float = _f(0.98, "operating threshold = the highest one whose validation "
-                                   "sensitivity reaches this; a missed calcified slice is a missed lesion, "
-                                   "a false positive only costs segmenter time.")
-    augment: bool = _f(False, "random resized crops + flips on training slices (paper); false = features "
-                       "computed once and cached (much cheaper on a CPU).")
+    target_sensitivity: float = _f(
+        0.98,
+        "operating threshold = the highest one whose validation "
+        "sensitivity reaches this; a missed calcified slice is a missed lesion, "
+        "a false positive only costs segmenter time.",
+    )
+    augment: bool = _f(
+        False,
+        "random resized crops + flips on training slices (paper); false = features "
+        "computed once and cached (much cheaper on a CPU).",
+    )
     crop_scale: list[float] = _f([0.6, 1.0], "augment: area range of the random resized crop.")
     data: DataConfig = _f(DataConfig(), "labelled cases only; must be the same patient split as DINO's.")
     runtime: RuntimeConfig = _f(RuntimeConfig(), "device, precision, seed.")
@@ -218,15 +289,25 @@ class UNetConfig:
 
     arch: str = _f("unet_small", "segmenter from the model registry (unet_base = the paper's 64 filters).")
     arch_kwargs: dict[str, Any] = _f({}, "overrides (base_filters, depth, norm).")
-    preprocess: PreprocessConfig = _f(PreprocessConfig(input_size=512), "HU → model input; input_size 512 "
-                                      "keeps the native pixel grid of standard CT, where a 1 mm² lesion is "
-                                      "2-4 pixels (down-sampling would erase it).")
-    train_crop: int = _f(256, "train on random square patches of this side (0 = whole slices); the "
-                         "network is fully convolutional and serves whole slices.")
-    positive_crop_p: float = _f(0.8, "probability that a training patch of a calcified slice contains a "
-                                "calcium pixel.")
-    negative_fraction: float = _f(0.25, "calcium-free slices added per calcified slice (teaches 'bone is not "
-                                  "coronary'); 0 = calcified slices only.")
+    preprocess: PreprocessConfig = _f(
+        PreprocessConfig(input_size=512),
+        "HU → model input; input_size 512 "
+        "keeps the native pixel grid of standard CT, where a 1 mm² lesion is "
+        "2-4 pixels (down-sampling would erase it).",
+    )
+    train_crop: int = _f(
+        256,
+        "train on random square patches of this side (0 = whole slices); the "
+        "network is fully convolutional and serves whole slices.",
+    )
+    positive_crop_p: float = _f(
+        0.8, "probability that a training patch of a calcified slice contains a calcium pixel."
+    )
+    negative_fraction: float = _f(
+        0.25,
+        "calcium-free slices added per calcified slice (teaches 'bone is not "
+        "coronary'); 0 = calcified slices only.",
+    )
     epochs: int = _f(100, "training epochs (paper: 100).")
     batch_size: int = _f(16, "patches per step (paper: 64 whole slices on GPUs).")
     lr: float = _f(1e-4, "Adam learning rate (paper: 1e-4).")
@@ -235,8 +316,11 @@ class UNetConfig:
     min_lr: float = _f(1e-6, "learning rate at the end.")
     dice_weight: float = _f(1.0, "weight of the soft Dice term (over artery classes present in the batch).")
     ce_weight: float = _f(1.0, "weight of the cross-entropy term.")
-    ce_class_weights: list[float] = _f([], "per-class CE weights [bg, LM, LAD, LCX, RCA]; empty = from "
-                                       "training-set pixel frequencies, (f_bg / f_c)^0.5 capped at 100.")
+    ce_class_weights: list[float] = _f(
+        [],
+        "per-class CE weights [bg, LM, LAD, LCX, RCA]; empty = from "
+        "training-set pixel frequencies, (f_bg / f_c)^0.5 capped at 100.",
+    )
     hflip_p: float = _f(0.0, "horizontal flip probability; keep 0: artery identity depends on left/right.")
     intensity_jitter: float = _f(0.1, "brightness/contrast factor range ±x on training patches.")
     patience: int = _f(0, "early stopping on validation mean Dice (0 = off).")
@@ -368,6 +452,7 @@ def load_config(stage: str, path: Path) -> StageConfig:
 
 def resolve_paths(cfg: T, base: Path) -> T:
     """Make relative source paths / cache dirs / backbone run absolute, relative to ``base``."""
+
     def fix(p: str) -> str:
         return p if not p or Path(p).is_absolute() else str((base / p).resolve())
 
@@ -418,14 +503,24 @@ def validate_config(cfg: Any) -> list[str]:
         if mc.rlc < 0 or mc.glc < 0:
             p.append("multicrop.rlc and multicrop.glc must be >= 0")
         frac("multicrop.guided_jitter", mc.guided_jitter)
-        for name in ("hflip_p", "vflip_p", "jitter_p", "blur_p_global1", "blur_p_global2", "blur_p_local",
-                     "sharpness_p", "noise_p"):
+        for name in (
+            "hflip_p",
+            "vflip_p",
+            "jitter_p",
+            "blur_p_global1",
+            "blur_p_global2",
+            "blur_p_local",
+            "sharpness_p",
+            "noise_p",
+        ):
             frac(f"augment.{name}", getattr(au, name))
         pair("augment.blur_sigma", au.blur_sigma, 1e-3, 10.0)
         if cfg.epochs < 1 or cfg.batch_size < 1:
             p.append("epochs and batch_size must be >= 1")
         if cfg.warmup_teacher_temp_epochs > cfg.epochs:
-            p.append(f"warmup_teacher_temp_epochs ({cfg.warmup_teacher_temp_epochs}) exceeds epochs ({cfg.epochs})")
+            p.append(
+                f"warmup_teacher_temp_epochs ({cfg.warmup_teacher_temp_epochs}) exceeds epochs ({cfg.epochs})"
+            )
         if cfg.warmup_epochs > cfg.epochs:
             p.append(f"warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
         if cfg.out_dim < 2:
@@ -490,6 +585,8 @@ def describe_config(cls: type, indent: str = "") -> str:
         if help_text:
             lines.append(f"{indent}    # {help_text}")
         if tp is PreprocessConfig:
-            lines.append(f"{indent}    # keys: normalisation (minmax|window), window_hu, input_size, "
-                         "output_dtype, calcium_threshold_hu, body_threshold_hu (kernels/config.py)")
+            lines.append(
+                f"{indent}    # keys: normalisation (minmax|window), window_hu, input_size, "
+                "output_dtype, calcium_threshold_hu, body_threshold_hu (kernels/config.py)"
+            )
     return "\n".join(lines)

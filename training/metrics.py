@@ -22,8 +22,18 @@ def binary_metrics(probs: np.ndarray, targets: np.ndarray, threshold: float) -> 
     prec = ratio(tp, tp + fp)
     sens = ratio(tp, tp + fn)
     f1 = ratio(2 * tp, 2 * tp + fp + fn)
-    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "sensitivity": sens, "specificity": ratio(tn, tn + fp),
-            "precision": prec, "f1": f1, "accuracy": ratio(tp + tn, tp + tn + fp + fn), "threshold": float(threshold)}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "sensitivity": sens,
+        "specificity": ratio(tn, tn + fp),
+        "precision": prec,
+        "f1": f1,
+        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+        "threshold": float(threshold),
+    }
 
 
 def roc_auc(probs: np.ndarray, targets: np.ndarray) -> float:
@@ -41,7 +51,7 @@ def roc_auc(probs: np.ndarray, targets: np.ndarray) -> float:
         j = i
         while j + 1 < len(p) and sorted_p[j + 1] == sorted_p[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

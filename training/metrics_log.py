@@ -67,8 +67,15 @@ class MetricsLog:
         import matplotlib.pyplot as plt
 
         keys = [k for k in self.records[0] if k not in ("epoch", "time_s")] if self.records else []
-        keys = [k for k in keys if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
-                                       for r in self.records if k in r)]
+        keys = [
+            k
+            for k in keys
+            if all(
+                isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                for r in self.records
+                if k in r
+            )
+        ]
         losses = [k for k in keys if "loss" in k]
         others = [k for k in keys if "loss" not in k]
         panels: list[list[str]] = ([losses] if losses else []) + [[k] for k in others]
@@ -86,11 +93,12 @@ class MetricsLog:
             if len(panel) > 1:
                 ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         fig.suptitle(self.title, fontsize=10)
-        fig.subplots_adjust(left=0.08, right=0.98, top=0.86 if rows == 1 else 0.92, bottom=0.12, hspace=0.55,
-                            wspace=0.3)
+        fig.subplots_adjust(
+            left=0.08, right=0.98, top=0.86 if rows == 1 else 0.92, bottom=0.12, hspace=0.55, wspace=0.3
+        )
         tmp = Path(path).with_suffix(".tmp.png")
         fig.savefig(tmp, dpi=72)
         plt.close(fig)

@@ -20,12 +20,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
-
 from cacstream.training.config import DataConfig, RuntimeConfig, config_to_dict
 from cacstream.training.datasets.cases import Case
 from cacstream.training.datasets.sources import describe_source, iter_source
 from cacstream.training.datasets.splits import Split, assert_disjoint, split_patients
+from torch import nn
 
 RUN_CONFIG_FILE = "config.json"
 RUN_RECORD_FILE = "run.json"
@@ -141,9 +140,15 @@ def progress(quiet: bool = False) -> Any:
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=False,
+    )
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -169,7 +174,9 @@ def load_cases(data: DataConfig, quiet: bool = False) -> list[Case]:
         for src in data.sources:
             for case in iter_source(src):
                 if case.case_id in seen:
-                    raise ValueError(f"case id {case.case_id!r} appears twice ({seen[case.case_id]} and {case.source})")
+                    raise ValueError(
+                        f"case id {case.case_id!r} appears twice ({seen[case.case_id]} and {case.source})"
+                    )
                 seen[case.case_id] = case.source
                 cases.append(case)
                 bar.update(task, advance=1, info=case.case_id)
@@ -223,9 +230,14 @@ def environment() -> dict[str, Any]:
 
     from cacstream import __version__
 
-    return {"cacstream": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cacstream": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 #: Runtime fields that may change between an interrupted run and its resumption.
@@ -239,7 +251,9 @@ def resume_key(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def write_run_config(run_dir: Path, stage: str, cfg: Any, command: Sequence[str] | None, resume: bool) -> None:
+def write_run_config(
+    run_dir: Path, stage: str, cfg: Any, command: Sequence[str] | None, resume: bool
+) -> None:
     """Save the stage config (first run) or check it matches the checkpoint's (resume)."""
     path = Path(run_dir) / RUN_CONFIG_FILE
     current = config_to_dict(cfg)
@@ -248,12 +262,22 @@ def write_run_config(run_dir: Path, stage: str, cfg: Any, command: Sequence[str]
         if saved.get("stage") != stage:
             raise ValueError(f"{path}: this run folder holds a {saved.get('stage')!r} run, not {stage!r}")
         if resume_key(saved.get("config", {})) != resume_key(current):
-            raise ValueError(f"{path}: the config differs from the one the checkpoint was trained with; "
-                             "resume with the same config (only runtime.device/compile/threads/num_workers "
-                             "may change) or start a new run folder")
+            raise ValueError(
+                f"{path}: the config differs from the one the checkpoint was trained with; "
+                "resume with the same config (only runtime.device/compile/threads/num_workers "
+                "may change) or start a new run folder"
+            )
         return
-    write_json(path, {"stage": stage, "config": current, "command": list(command or []),
-                      "environment": environment(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_json(
+        path,
+        {
+            "stage": stage,
+            "config": current,
+            "command": list(command or []),
+            "environment": environment(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
 
 
 def iterate(loader: Any) -> Iterator[Any]:

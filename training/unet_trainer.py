@@ -22,10 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
-
 from cacstream.engine.domain import ARTERIES, NUM_SEG_CLASSES
 from cacstream.training.checkpoint import (
     has_checkpoint,
@@ -60,12 +56,21 @@ from cacstream.training.runtime import (
     write_json,
     write_run_config,
 )
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 CLASS_NAMES = ("background",) + ARTERIES
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, ce_weights: Tensor | None, ce_weight: float = 1.0,
-                      dice_weight: float = 1.0, eps: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+def segmentation_loss(
+    logits: Tensor,
+    target: Tensor,
+    ce_weights: Tensor | None,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    eps: float = 1.0,
+) -> tuple[Tensor, dict[str, float]]:
     """Weighted cross-entropy + (1 − mean soft Dice over artery classes present in ``target``)."""
     logits = logits.float()
     ce = F.cross_entropy(logits, target, weight=ce_weights)
@@ -105,8 +110,15 @@ def auto_class_weights(counts: np.ndarray, cap: float = 100.0) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate_segmenter(model: nn.Module, dataset: SegmentationSliceDataset, device: torch.device, precision: str,
-                       batch_size: int, ce_weights: Tensor | None, cfg: UNetConfig) -> dict[str, Any]:
+def evaluate_segmenter(
+    model: nn.Module,
+    dataset: SegmentationSliceDataset,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    ce_weights: Tensor | None,
+    cfg: UNetConfig,
+) -> dict[str, Any]:
     """Whole-slice validation: mean loss and per-artery Dice pooled over all pixels of the split."""
     model.eval()
     counts = {c: {"tp": 0, "fp": 0, "fn": 0} for c in range(1, NUM_SEG_CLASSES)}
@@ -137,22 +149,48 @@ def build_unet(cfg: UNetConfig) -> UNet:
     model = create_model(cfg.arch, **cfg.arch_kwargs)
     if not isinstance(model, UNet):
         raise ValueError(f"{cfg.arch!r} is not a U-Net")
-    if cfg.preprocess.input_size % model.size_multiple or (cfg.train_crop and cfg.train_crop % model.size_multiple):
-        raise ValueError(f"input_size {cfg.preprocess.input_size} and train_crop {cfg.train_crop} must be multiples "
-                         f"of {model.size_multiple} (2**depth)")
+    if cfg.preprocess.input_size % model.size_multiple or (
+        cfg.train_crop and cfg.train_crop % model.size_multiple
+    ):
+        raise ValueError(
+            f"input_size {cfg.preprocess.input_size} and train_crop {cfg.train_crop} must be multiples "
+            f"of {model.size_multiple} (2**depth)"
+        )
     return model
 
 
-def train_unet(cfg: UNetConfig, run_dir: Path, *, resume: bool = False, stop_after_epochs: int | None = None,
-               quiet: bool = False, command: Sequence[str] | None = None) -> TrainResult:
+def train_unet(
+    cfg: UNetConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    quiet: bool = False,
+    command: Sequence[str] | None = None,
+) -> TrainResult:
     """Train (or resume) the per-artery U-Net into ``run_dir``."""
     with runtime_scope(cfg.runtime) as device:
-        return _train_unet(cfg, Path(run_dir), device, resume=resume, stop_after_epochs=stop_after_epochs,
-                            quiet=quiet, command=command)
+        return _train_unet(
+            cfg,
+            Path(run_dir),
+            device,
+            resume=resume,
+            stop_after_epochs=stop_after_epochs,
+            quiet=quiet,
+            command=command,
+        )
 
 
-def _train_unet(cfg: UNetConfig, run_dir: Path, device: torch.device, *, resume: bool,
-                stop_after_epochs: int | None, quiet: bool, command: Sequence[str] | None) -> TrainResult:
+def _train_unet(
+    cfg: UNetConfig,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    resume: bool,
+    stop_after_epochs: int | None,
+    quiet: bool,
+    command: Sequence[str] | None,
+) -> TrainResult:
     if resume and not has_checkpoint(run_dir):
         raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
     if not resume and has_checkpoint(run_dir):
@@ -171,10 +209,18 @@ def _train_unet(cfg: UNetConfig, run_dir: Path, device: torch.device, *, resume:
         cases = [c for c in loaded.cases_of(name) if c.labelled]
         refs = select_slices(cases, cfg.data, labelled_only=True, seed=seed)
         sets[name] = SegmentationSliceDataset(
-            cases, [r for r in refs if r.calcified], [r for r in refs if not r.calcified], cfg.preprocess,
-            train_crop=cfg.train_crop if name == "train" else 0, positive_crop_p=cfg.positive_crop_p,
-            negative_fraction=cfg.negative_fraction, hflip_p=cfg.hflip_p if name == "train" else 0.0,
-            intensity_jitter=cfg.intensity_jitter if name == "train" else 0.0, seed=seed, train=(name == "train"))
+            cases,
+            [r for r in refs if r.calcified],
+            [r for r in refs if not r.calcified],
+            cfg.preprocess,
+            train_crop=cfg.train_crop if name == "train" else 0,
+            positive_crop_p=cfg.positive_crop_p,
+            negative_fraction=cfg.negative_fraction,
+            hflip_p=cfg.hflip_p if name == "train" else 0.0,
+            intensity_jitter=cfg.intensity_jitter if name == "train" else 0.0,
+            seed=seed,
+            train=(name == "train"),
+        )
     train_set = sets["train"]
     if not train_set.positives:
         raise ValueError("the training split has no calcified labelled slice")
@@ -187,9 +233,17 @@ def _train_unet(cfg: UNetConfig, run_dir: Path, device: torch.device, *, resume:
         weights_rule = "(f_bg / f_c)^0.5 of training pixels, capped at 100"
     ce_weights = torch.tensor(weights, dtype=torch.float32, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_schedule = cosine_scheduler(cfg.lr, cfg.min_lr, cfg.epochs, niter, warmup_epochs=cfg.warmup_epochs,
-                                   start_warmup_value=cfg.lr * 0.01)
-    mlog = MetricsLog(run_dir, f"U-Net {cfg.arch} (input {cfg.preprocess.input_size}, patches {cfg.train_crop or 'whole'})")
+    lr_schedule = cosine_scheduler(
+        cfg.lr,
+        cfg.min_lr,
+        cfg.epochs,
+        niter,
+        warmup_epochs=cfg.warmup_epochs,
+        start_warmup_value=cfg.lr * 0.01,
+    )
+    mlog = MetricsLog(
+        run_dir, f"U-Net {cfg.arch} (input {cfg.preprocess.input_size}, patches {cfg.train_crop or 'whole'})"
+    )
     start_epoch, best, bad_epochs, stopped_early = 0, -1.0, 0, False
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if resume:
@@ -219,8 +273,14 @@ def _train_unet(cfg: UNetConfig, run_dir: Path, device: torch.device, *, resume:
             train_set.set_epoch(epoch)
             g = torch.Generator()
             g.manual_seed(epoch_seed(seed, epoch) + 3)
-            loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=g,
-                                num_workers=cfg.runtime.num_workers, pin_memory=device.type == "cuda")
+            loader = DataLoader(
+                train_set,
+                batch_size=cfg.batch_size,
+                shuffle=True,
+                generator=g,
+                num_workers=cfg.runtime.num_workers,
+                pin_memory=device.type == "cuda",
+            )
             model.train()
             losses, ces, dls = [], [], []
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=niter, info="")
@@ -236,15 +296,20 @@ def _train_unet(cfg: UNetConfig, run_dir: Path, device: torch.device, *, resume:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 ces.append(parts["ce"])
                 dls.append(parts["dice_loss"])
                 it += 1
                 bar.update(task, advance=1, info=f"loss {losses[-1]:.4f}")
             bar.remove_task(task)
             ran += 1
-            val = evaluate_segmenter(model, sets["val"], device, cfg.runtime.precision, cfg.batch_size,
-                                     ce_weights, cfg) if len(sets["val"]) else {}
+            val = (
+                evaluate_segmenter(
+                    model, sets["val"], device, cfg.runtime.precision, cfg.batch_size, ce_weights, cfg
+                )
+                if len(sets["val"])
+                else {}
+            )
             score = val.get("mean_dice", float("nan"))
             score = score if np.isfinite(score) else -float(val.get("loss", 0.0))
             if score > best:
@@ -253,9 +318,15 @@ def _train_unet(cfg: UNetConfig, run_dir: Path, device: torch.device, *, resume:
             else:
                 bad_epochs += 1
                 stopped_early = bool(cfg.patience) and bad_epochs >= cfg.patience
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_ce": float(np.mean(ces)),
-                      "train_dice_loss": float(np.mean(dls)), "lr": float(lr_schedule[min(it, len(lr_schedule)) - 1]),
-                      **{f"val_{k}": v for k, v in val.items()}, "time_s": time.perf_counter() - t0}
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)),
+                "train_ce": float(np.mean(ces)),
+                "train_dice_loss": float(np.mean(dls)),
+                "lr": float(lr_schedule[min(it, len(lr_schedule)) - 1]),
+                **{f"val_{k}": v for k, v in val.items()},
+                "time_s": time.perf_counter() - t0,
+            }
             if is_main():
                 mlog.append(record)
                 _save(run_dir, epoch + 1, model, best_state, optimizer, best, bad_epochs, stopped_early)
@@ -267,31 +338,70 @@ def _train_unet(cfg: UNetConfig, run_dir: Path, device: torch.device, *, resume:
         if status != "finished":
             return result
         model.load_state_dict(best_state)
-        summary: dict[str, Any] = {"best_epoch_score": best, "stopped_early": stopped_early,
-                                   "ce_class_weights": weights, "ce_class_weights_rule": weights_rule}
+        summary: dict[str, Any] = {
+            "best_epoch_score": best,
+            "stopped_early": stopped_early,
+            "ce_class_weights": weights,
+            "ce_class_weights_rule": weights_rule,
+        }
         for name in ("val", "test"):
             if len(sets[name]):
-                summary[name] = evaluate_segmenter(model, sets[name], device, cfg.runtime.precision, cfg.batch_size,
-                                                   ce_weights, cfg)
+                summary[name] = evaluate_segmenter(
+                    model, sets[name], device, cfg.runtime.precision, cfg.batch_size, ce_weights, cfg
+                )
         result.summary = summary
     if is_main():
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(run_dir / MODEL_FILE), metadata={"format": "cacstream-segmenter/1"})
-        write_json(run_dir / RUN_RECORD_FILE, {
-            "stage": "unet", "finished": True, "arch": cfg.arch, "arch_kwargs": dict(cfg.arch_kwargs),
-            "classes": list(CLASS_NAMES), "preprocess": cfg.preprocess.to_dict(), "weights": MODEL_FILE,
-            "train_crop": cfg.train_crop, "negative_fraction": cfg.negative_fraction,
-            "data": data_summary(loaded), "metrics": summary, "epochs": mlog.records, "command": list(command or []),
-        })
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            str(run_dir / MODEL_FILE),
+            metadata={"format": "cacstream-segmenter/1"},
+        )
+        write_json(
+            run_dir / RUN_RECORD_FILE,
+            {
+                "stage": "unet",
+                "finished": True,
+                "arch": cfg.arch,
+                "arch_kwargs": dict(cfg.arch_kwargs),
+                "classes": list(CLASS_NAMES),
+                "preprocess": cfg.preprocess.to_dict(),
+                "weights": MODEL_FILE,
+                "train_crop": cfg.train_crop,
+                "negative_fraction": cfg.negative_fraction,
+                "data": data_summary(loaded),
+                "metrics": summary,
+                "epochs": mlog.records,
+                "command": list(command or []),
+            },
+        )
     return result
 
 
-def _save(run_dir: Path, next_epoch: int, model: nn.Module, best_state: dict[str, Tensor], optimizer: torch.optim.Optimizer,
-          best: float, bad_epochs: int, stopped_early: bool) -> None:
+def _save(
+    run_dir: Path,
+    next_epoch: int,
+    model: nn.Module,
+    best_state: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    best: float,
+    bad_epochs: int,
+    stopped_early: bool,
+) -> None:
     tensors = {**prefixed("model", model.state_dict()), **prefixed("best", best_state)}
     opt_t, opt_meta = optimizer_to_tensors(optimizer)
     rng_t, rng_meta = rng_to_tensors()
     tensors.update(opt_t)
     tensors.update(rng_t)
-    save_checkpoint(run_dir, tensors, {"stage": "unet", "epoch": next_epoch, "best": best, "bad_epochs": bad_epochs,
-                                       "stopped_early": stopped_early, "optimizer": opt_meta, "rng": rng_meta})
+    save_checkpoint(
+        run_dir,
+        tensors,
+        {
+            "stage": "unet",
+            "epoch": next_epoch,
+            "best": best,
+            "bad_epochs": bad_epochs,
+            "stopped_early": stopped_early,
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+        },
+    )

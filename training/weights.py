@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from cacstream.engine.domain import ARTERIES, NUM_SEG_CLASSES
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.models.classifier import FeatureSpec, LinearHead, SliceFilter
 from cacstream.training.models.registry import create_model, model_entry
 from cacstream.training.models.unet import UNet
 from cacstream.training.models.vit import VisionTransformer
+from torch import nn
 
 CONFIG_FILE = "config.json"
 FORMAT = "cacstream-weights/1"
@@ -42,7 +41,9 @@ class WeightsError(ValueError):
 
 @dataclass
 class LoadedFilter:
-    """The slice filter: ``model(x)`` gives (B,) logits for (B, 1, S, S) inputs; flag = logit ≥ logit(threshold)."""
+    """The slice filter: ``model(x)`` gives (B,) logits for (B, 1, S, S) inputs.
+
+    A slice is flagged for segmentation when its logit ≥ ``logit_threshold`` (= logit(threshold))."""
 
     model: SliceFilter
     preprocess: PreprocessConfig
@@ -114,8 +115,10 @@ def _load_into(model: nn.Module, path: Path) -> None:
     sd = _state_dict(path)
     result = model.load_state_dict(sd, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(f"{path}: tensors do not fit the architecture in {CONFIG_FILE}: "
-                           f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise WeightsError(
+            f"{path}: tensors do not fit the architecture in {CONFIG_FILE}: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
 
 
 def _arch(d: dict[str, Any], key: str, family: str, where: str) -> tuple[str, dict[str, Any]]:
@@ -175,8 +178,11 @@ def read_config(directory: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_weights(directory: Path | str, parts: tuple[str, ...] = (FILTER_KEY, SEGMENTER_KEY),
-                 device: str | torch.device = "cpu") -> ModelBundle:
+def load_weights(
+    directory: Path | str,
+    parts: tuple[str, ...] = (FILTER_KEY, SEGMENTER_KEY),
+    device: str | torch.device = "cpu",
+) -> ModelBundle:
     """Load a weights folder into eval-mode modules; ``parts`` must be present (others load if there)."""
     directory = Path(directory)
     cfg = read_config(directory)
@@ -194,8 +200,10 @@ def load_weights(directory: Path | str, parts: tuple[str, ...] = (FILTER_KEY, SE
         model, feature = build_slice_filter(fc, where)
         pre = _preprocess(fc, where)
         if pre.input_size != model.backbone.img_size:
-            raise WeightsError(f"{where}: preprocess.input_size {pre.input_size} != backbone img_size "
-                               f"{model.backbone.img_size}")
+            raise WeightsError(
+                f"{where}: preprocess.input_size {pre.input_size} != backbone img_size "
+                f"{model.backbone.img_size}"
+            )
         threshold = _need(fc, "threshold", (int, float), where)
         if not 0.0 < float(threshold) < 1.0:
             raise WeightsError(f"{where}: threshold must be a probability in (0, 1), got {threshold}")
@@ -207,11 +215,15 @@ def load_weights(directory: Path | str, parts: tuple[str, ...] = (FILTER_KEY, SE
         model_s = build_segmenter(sc, where)
         pre = _preprocess(sc, where)
         if pre.input_size % model_s.size_multiple:
-            raise WeightsError(f"{where}: preprocess.input_size {pre.input_size} is not a multiple of "
-                               f"{model_s.size_multiple}")
+            raise WeightsError(
+                f"{where}: preprocess.input_size {pre.input_size} is not a multiple of "
+                f"{model_s.size_multiple}"
+            )
         classes = tuple(_need(sc, "classes", list, where))
         if classes != SEGMENTER_CLASSES or model_s.num_classes != NUM_SEG_CLASSES:
-            raise WeightsError(f"{where}: classes {list(classes)} must be {list(SEGMENTER_CLASSES)} (engine/domain.py)")
+            raise WeightsError(
+                f"{where}: classes {list(classes)} must be {list(SEGMENTER_CLASSES)} (engine/domain.py)"
+            )
         _load_into(model_s, directory / _need(sc, "weights", str, where))
         seg = LoadedSegmenter(model_s.to(device).eval(), pre, classes, _onnx(sc, directory), sc)
     return ModelBundle(directory, filt, seg, cfg)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from cacstream.engine.domain import NUM_SEG_CLASSES
 
 
@@ -42,10 +41,14 @@ class Case:
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:
-            raise CaseError(f"case {self.case_id}: hu must be (slices, rows, cols), got shape {self.hu.shape}")
+            raise CaseError(
+                f"case {self.case_id}: hu must be (slices, rows, cols), got shape {self.hu.shape}"
+            )
         if self.labels is not None:
             if self.labels.shape != self.hu.shape:
-                raise CaseError(f"case {self.case_id}: labels shape {self.labels.shape} != hu shape {self.hu.shape}")
+                raise CaseError(
+                    f"case {self.case_id}: labels shape {self.labels.shape} != hu shape {self.hu.shape}"
+                )
             if self.labels.dtype != np.uint8:
                 raise CaseError(f"case {self.case_id}: labels must be uint8, got {self.labels.dtype}")
 
@@ -58,7 +61,7 @@ class Case:
         return int(self.hu.shape[0])
 
     def calcified_slices(self) -> np.ndarray:
-        """Boolean per slice: the slice holds at least one labelled calcium pixel (all False if unlabelled)."""
+        """Per slice: it holds at least one labelled calcium pixel (all False when unlabelled)."""
         if self._calcified is None:
             if self.labels is None:
                 self._calcified = np.zeros(self.n_slices, dtype=bool)
@@ -134,7 +137,8 @@ def save_case_dir(case: Case, root: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     hu = np.asarray(case.hu)
     if np.issubdtype(hu.dtype, np.integer) or (
-            np.array_equal(hu, np.round(hu)) and hu.min() >= -32768 and hu.max() <= 32767):
+        np.array_equal(hu, np.round(hu)) and hu.min() >= -32768 and hu.max() <= 32767
+    ):
         hu = hu.astype(np.int16)
     else:
         hu = hu.astype(np.float32)
@@ -143,9 +147,14 @@ def save_case_dir(case: Case, root: Path) -> Path:
     if case.labels is not None:
         np.save(d / "labels.npy.tmp.npy", np.asarray(case.labels, dtype=np.uint8))
         os.replace(d / "labels.npy.tmp.npy", d / "labels.npy")
-    meta = {"case_id": case.case_id, "patient_id": case.patient_id, "source": case.source,
-            "pixel_spacing_mm": list(case.pixel_spacing_mm), "shape": list(hu.shape),
-            "has_labels": case.labels is not None}
+    meta = {
+        "case_id": case.case_id,
+        "patient_id": case.patient_id,
+        "source": case.source,
+        "pixel_spacing_mm": list(case.pixel_spacing_mm),
+        "shape": list(hu.shape),
+        "has_labels": case.labels is not None,
+    }
     (d / "case.json.tmp").write_text(json.dumps(meta, indent=1))
     os.replace(d / "case.json.tmp", d / "case.json")  # written last: its presence marks a complete case
     return d
@@ -169,7 +178,13 @@ def load_case_dir(d: Path) -> Case:
     if len(spacing) != 2:
         raise CaseError(f"{meta_path}: pixel_spacing_mm must have two values")
     try:
-        return Case(str(meta.get("case_id", d.name)), str(meta["patient_id"]), hu, labels,
-                    (spacing[0], spacing[1]), str(meta.get("source", f"case_dir:{d.name}")))
+        return Case(
+            str(meta.get("case_id", d.name)),
+            str(meta["patient_id"]),
+            hu,
+            labels,
+            (spacing[0], spacing[1]),
+            str(meta.get("source", f"case_dir:{d.name}")),
+        )
     except CaseError as e:
         raise CaseError(f"{d}: {e}") from None

@@ -20,9 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from cacstream.kernels.config import PreprocessConfig
+from torch import Tensor
 
 #: The paper's epsilon in the min-max denominator (§4.1).
 MINMAX_EPS = 1e-7

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
-
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.config import DataConfig
 from cacstream.training.datasets.cases import Case
 from cacstream.training.datasets.preprocess import normalise_hu, preprocess_slices, resize_labels
+from torch import Tensor
+from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,9 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return g
 
 
-def select_slices(cases: Sequence[Case], data: DataConfig, *, labelled_only: bool = False,
-                  seed: int = 0) -> list[SliceRef]:
+def select_slices(
+    cases: Sequence[Case], data: DataConfig, *, labelled_only: bool = False, seed: int = 0
+) -> list[SliceRef]:
     """Slices to train on: every ``slice_stride``-th slice plus every calcified one, capped per case
     (calcified first) by ``max_slices_per_case``."""
     rng = np.random.default_rng(seed)
@@ -57,8 +57,10 @@ def select_slices(cases: Sequence[Case], data: DataConfig, *, labelled_only: boo
             pos = [z for z in chosen if calc[z]]
             neg = [z for z in chosen if not calc[z]]
             room = max(data.max_slices_per_case - len(pos), 0)
-            keep_neg = sorted(rng.choice(neg, size=min(room, len(neg)), replace=False).tolist()) if room else []
-            chosen = sorted(pos[:data.max_slices_per_case] + keep_neg)
+            keep_neg = (
+                sorted(rng.choice(neg, size=min(room, len(neg)), replace=False).tolist()) if room else []
+            )
+            chosen = sorted(pos[: data.max_slices_per_case] + keep_neg)
         refs.extend(SliceRef(ci, int(z), bool(calc[z])) for z in chosen)
     return refs
 
@@ -74,8 +76,14 @@ def _slice_labels(case: Case, z: int) -> np.ndarray | None:
 class DinoSliceDataset(Dataset):
     """Slices → MultiCropSample (native-grid normalisation, then crops resized to the crop sizes)."""
 
-    def __init__(self, cases: Sequence[Case], refs: Sequence[SliceRef], preprocess: PreprocessConfig,
-                 augmentation: object, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        refs: Sequence[SliceRef],
+        preprocess: PreprocessConfig,
+        augmentation: object,
+        seed: int = 0,
+    ) -> None:
         self.cases, self.refs, self.preprocess = list(cases), list(refs), preprocess
         self.augmentation = augmentation
         self.seed, self.epoch = seed, 0
@@ -103,8 +111,15 @@ class ClassifierSliceDataset(Dataset):
     cuts the lesion away is labelled as what it shows.
     """
 
-    def __init__(self, cases: Sequence[Case], refs: Sequence[SliceRef], preprocess: PreprocessConfig,
-                 augment: bool = False, crop_scale: tuple[float, float] = (0.6, 1.0), seed: int = 0) -> None:
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        refs: Sequence[SliceRef],
+        preprocess: PreprocessConfig,
+        augment: bool = False,
+        crop_scale: tuple[float, float] = (0.6, 1.0),
+        seed: int = 0,
+    ) -> None:
         self.cases, self.refs, self.preprocess = list(cases), list(refs), preprocess
         self.augment, self.crop_scale, self.seed, self.epoch = augment, crop_scale, seed, 0
 
@@ -134,7 +149,7 @@ class ClassifierSliceDataset(Dataset):
         if ref.calcified:
             lab = _slice_labels(case, ref.z)
             assert lab is not None
-            target = float((lab[top:top + ch, left:left + cw] > 0).any())
+            target = float((lab[top : top + ch, left : left + cw] > 0).any())
         if float(torch.rand((), generator=g)) < 0.5:
             x = x.flip(-1)
         return x, torch.tensor(target)
@@ -144,10 +159,21 @@ class SegmentationSliceDataset(Dataset):
     """Calcified slices plus ``negative_fraction`` × as many calcium-free slices (redrawn each epoch) →
     (input (1, P, P), class map (P, P) int64), P = ``train_crop`` or the whole input size."""
 
-    def __init__(self, cases: Sequence[Case], positives: Sequence[SliceRef], negatives: Sequence[SliceRef],
-                 preprocess: PreprocessConfig, *, train_crop: int = 0, positive_crop_p: float = 0.8,
-                 negative_fraction: float = 0.25, hflip_p: float = 0.0, intensity_jitter: float = 0.0,
-                 seed: int = 0, train: bool = True) -> None:
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        positives: Sequence[SliceRef],
+        negatives: Sequence[SliceRef],
+        preprocess: PreprocessConfig,
+        *,
+        train_crop: int = 0,
+        positive_crop_p: float = 0.8,
+        negative_fraction: float = 0.25,
+        hflip_p: float = 0.0,
+        intensity_jitter: float = 0.0,
+        seed: int = 0,
+        train: bool = True,
+    ) -> None:
         self.cases, self.preprocess = list(cases), preprocess
         self.positives, self.negatives = list(positives), list(negatives)
         self.train_crop, self.positive_crop_p = train_crop, positive_crop_p
@@ -162,7 +188,9 @@ class SegmentationSliceDataset(Dataset):
         negs: list[SliceRef] = []
         if self.n_neg:
             rng = np.random.default_rng(self.seed * 7919 + epoch if self.train else self.seed)
-            negs = [self.negatives[j] for j in sorted(rng.choice(len(self.negatives), self.n_neg, replace=False))]
+            negs = [
+                self.negatives[j] for j in sorted(rng.choice(len(self.negatives), self.n_neg, replace=False))
+            ]
         self.refs = self.positives + negs
 
     def __len__(self) -> int:
@@ -172,8 +200,11 @@ class SegmentationSliceDataset(Dataset):
         case = self.cases[ref.case]
         x = preprocess_slices(_slice_hu(case, ref.z), self.preprocess)[0]
         lab = _slice_labels(case, ref.z)
-        y = torch.zeros(x.shape[-2:], dtype=torch.int64) if lab is None else resize_labels(
-            torch.from_numpy(lab.astype(np.int64))[None], self.preprocess.input_size)[0]
+        y = (
+            torch.zeros(x.shape[-2:], dtype=torch.int64)
+            if lab is None
+            else resize_labels(torch.from_numpy(lab.astype(np.int64))[None], self.preprocess.input_size)[0]
+        )
         return x, y
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
@@ -186,14 +217,18 @@ class SegmentationSliceDataset(Dataset):
         p = self.train_crop or s
         if p < s:
             coords = (y > 0).nonzero() if ref.calcified else None
-            if coords is not None and coords.shape[0] and float(torch.rand((), generator=g)) < self.positive_crop_p:
+            if (
+                coords is not None
+                and coords.shape[0]
+                and float(torch.rand((), generator=g)) < self.positive_crop_p
+            ):
                 cy, cx = (int(v) for v in coords[int(torch.randint(coords.shape[0], (), generator=g))])
                 top = int(torch.randint(max(cy - p + 1, 0), min(cy, s - p) + 1, (), generator=g))
                 left = int(torch.randint(max(cx - p + 1, 0), min(cx, s - p) + 1, (), generator=g))
             else:
                 top = int(torch.randint(0, s - p + 1, (), generator=g))
                 left = int(torch.randint(0, s - p + 1, (), generator=g))
-            x, y = x[:, top:top + p, left:left + p], y[top:top + p, left:left + p]
+            x, y = x[:, top : top + p, left : left + p], y[top : top + p, left : left + p]
         if self.hflip_p and float(torch.rand((), generator=g)) < self.hflip_p:
             x, y = x.flip(-1), y.flip(-1)
         if self.intensity_jitter:

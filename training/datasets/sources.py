@@ -78,11 +78,19 @@ def _phantom(src: SourceConfig) -> Iterator[Case]:
     except TypeError as e:
         raise SourceError(f"phantom source: bad PhantomConfig keys {sorted(src.phantom)}: {e}") from None
     for seed in range(first, first + count):
+
         def make(seed: int = seed) -> Case:
             ph = make_phantom(seed, pconf)
             sp = ph.geometry.pixel_spacing_mm
-            return Case(f"phantom-{seed}", f"phantom-{seed}", ph.hu, ph.labels,
-                        (float(sp[0]), float(sp[1])), f"phantom:seed={seed}")
+            return Case(
+                f"phantom-{seed}",
+                f"phantom-{seed}",
+                ph.hu,
+                ph.labels,
+                (float(sp[0]), float(sp[1])),
+                f"phantom:seed={seed}",
+            )
+
         yield _cached(src, f"phantom-{seed}", make)
 
 
@@ -102,7 +110,7 @@ def _coca(src: SourceConfig) -> Iterator[Case]:
         kind = "gated" if src.gated else "nongated"
         case_id = f"coca-{kind}-{pid}"
 
-        def make(pid: str = pid, case_id: str = case_id) -> Case:
+        def make(pid: str = pid, case_id: str = case_id, kind: str = kind) -> Case:
             if src.gated:
                 c = coca.load_gated_patient(root, pid)
                 vol, labels = c.volume, c.labels
@@ -111,8 +119,15 @@ def _coca(src: SourceConfig) -> Iterator[Case]:
                 vol, labels = n.volume, None
             sp = vol.geometry.pixel_spacing_mm
             # COCA gated and non-gated folders number patients independently: keep them apart.
-            return Case(case_id, f"coca-{kind}-{pid}", vol.hu, labels, (float(sp[0]), float(sp[1])),
-                        f"coca:{kind}:{pid}")
+            return Case(
+                case_id,
+                f"coca-{kind}-{pid}",
+                vol.hu,
+                labels,
+                (float(sp[0]), float(sp[1])),
+                f"coca:{kind}:{pid}",
+            )
+
         yield _cached(src, case_id, make)
 
 
@@ -137,20 +152,36 @@ def _mask_folder(src: SourceConfig) -> Iterator[Case]:
             continue
         c = mask_folders.load_case(item)
         sp = c.volume.geometry.pixel_spacing_mm
-        yield Case(f"series-{c.series_uid}", pid, c.volume.hu, c.labels, (float(sp[0]), float(sp[1])),
-                   f"mask_folder:{c.mask_path.name}")
+        yield Case(
+            f"series-{c.series_uid}",
+            pid,
+            c.volume.hu,
+            c.labels,
+            (float(sp[0]), float(sp[1])),
+            f"mask_folder:{c.mask_path.name}",
+        )
     for series in index.unlabelled:
         pid = patient_of(series)
         if wanted and pid not in wanted:
             continue
         vol = read_volume(series)
         sp = vol.geometry.pixel_spacing_mm
-        yield Case(f"series-{series.uid}", pid, vol.hu, None, (float(sp[0]), float(sp[1])),
-                   f"mask_folder:unlabelled:{series.uid}")
+        yield Case(
+            f"series-{series.uid}",
+            pid,
+            vol.hu,
+            None,
+            (float(sp[0]), float(sp[1])),
+            f"mask_folder:unlabelled:{series.uid}",
+        )
 
 
 _READERS: dict[str, Callable[[SourceConfig], Iterator[Case]]] = {
-    "npz": _npz, "case_dir": _case_dir, "phantom": _phantom, "coca": _coca, "mask_folder": _mask_folder,
+    "npz": _npz,
+    "case_dir": _case_dir,
+    "phantom": _phantom,
+    "coca": _coca,
+    "mask_folder": _mask_folder,
 }
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from cacstream.training.config import SplitConfig
 
 
@@ -49,7 +48,12 @@ class Split:
         return None
 
     def to_dict(self) -> dict[str, object]:
-        return {"method": self.method, "train": list(self.train), "val": list(self.val), "test": list(self.test)}
+        return {
+            "method": self.method,
+            "train": list(self.train),
+            "val": list(self.val),
+            "test": list(self.test),
+        }
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
@@ -75,22 +79,32 @@ def _unit_hash(seed: int, pid: str) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def split_patients(patients: Iterable[str], cfg: SplitConfig,
-                   calcified: Mapping[str, bool] | None = None) -> Split:
+def split_patients(
+    patients: Iterable[str], cfg: SplitConfig, calcified: Mapping[str, bool] | None = None
+) -> Split:
     """Assign every patient to exactly one of train / val / test according to ``cfg``."""
     ids = sorted(set(patients))
     if cfg.train or cfg.val or cfg.test:
-        split = Split(tuple(p for p in cfg.train), tuple(p for p in cfg.val), tuple(p for p in cfg.test),
-                      "explicit")
+        split = Split(
+            tuple(p for p in cfg.train), tuple(p for p in cfg.val), tuple(p for p in cfg.test), "explicit"
+        )
         assert_disjoint(split)
         return split
     if not cfg.stratify:
         groups: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         for pid in ids:
             u = _unit_hash(cfg.seed, pid)
-            name = "test" if u < cfg.test_fraction else "val" if u < cfg.test_fraction + cfg.val_fraction else "train"
+            name = (
+                "test"
+                if u < cfg.test_fraction
+                else "val"
+                if u < cfg.test_fraction + cfg.val_fraction
+                else "train"
+            )
             groups[name].append(pid)
-        return Split(tuple(groups["train"]), tuple(groups["val"]), tuple(groups["test"]), f"hash(seed={cfg.seed})")
+        return Split(
+            tuple(groups["train"]), tuple(groups["val"]), tuple(groups["test"]), f"hash(seed={cfg.seed})"
+        )
     calcified = calcified or {}
     rng = np.random.default_rng(cfg.seed)
     strata: dict[bool, list[str]] = {True: [], False: []}
@@ -111,7 +125,11 @@ def split_patients(patients: Iterable[str], cfg: SplitConfig,
         n_test = max(n_test, 1 if cfg.test_fraction > 0 else 0)
         n_val = max(n_val, 1 if cfg.val_fraction > 0 else 0)
     if n_test + n_val >= n:
-        raise SplitError(f"{n} patients cannot fill val ({cfg.val_fraction}) and test ({cfg.test_fraction}) "
-                         "and keep some for training")
-    test, val, train = ordered[:n_test], ordered[n_test:n_test + n_val], ordered[n_test + n_val:]
-    return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)), f"stratified(seed={cfg.seed})")
+        raise SplitError(
+            f"{n} patients cannot fill val ({cfg.val_fraction}) and test ({cfg.test_fraction}) "
+            "and keep some for training"
+        )
+    test, val, train = ordered[:n_test], ordered[n_test : n_test + n_val], ordered[n_test + n_val :]
+    return Split(
+        tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)), f"stratified(seed={cfg.seed})"
+    )

@@ -1,1 +1,2 @@
-"""DINO-LG self-supervised pretraining: loss, schedules, multi-crop with guided crops, augmentations, trainer."""
+"""DINO-LG self-supervised pretraining: loss, schedules, multi-crop with guided crops, augmentations,
+trainer."""

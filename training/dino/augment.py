@@ -19,9 +19,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from cacstream.training.config import AugmentConfig
+from torch import Tensor
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -54,8 +53,9 @@ def _randint(gen: torch.Generator, lo: int, hi_inclusive: int) -> int:
     return int(torch.randint(lo, hi_inclusive + 1, (), generator=gen))
 
 
-def sample_crop_size(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
-                     gen: torch.Generator) -> tuple[int, int] | None:
+def sample_crop_size(
+    h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> tuple[int, int] | None:
     """One draw of torchvision's RandomResizedCrop size: area fraction in ``scale``, log-uniform aspect
     ratio in ``ratio``. None when the drawn box does not fit."""
     area = h * w
@@ -68,8 +68,13 @@ def sample_crop_size(h: int, w: int, scale: tuple[float, float], ratio: tuple[fl
     return None
 
 
-def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], gen: torch.Generator,
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
+def random_resized_crop_box(
+    h: int,
+    w: int,
+    scale: tuple[float, float],
+    gen: torch.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Box:
     """torchvision ``RandomResizedCrop.get_params``: 10 tries, then a central crop fallback."""
     for _ in range(10):
         size = sample_crop_size(h, w, scale, ratio, gen)
@@ -91,16 +96,20 @@ def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], gen: tor
 def crop_resize(img: Tensor, box: Box, size: int, mode: str = "bicubic") -> Tensor:
     """Crop ``box`` from a (C, H, W) image and resize to (C, size, size) (antialiased, like PIL)."""
     top, left, ch, cw = box
-    region = img[None, :, top:top + ch, left:left + cw]
-    out = F.interpolate(region, size=(size, size), mode=mode, align_corners=False,
-                        antialias=(ch > size or cw > size))
+    region = img[None, :, top : top + ch, left : left + cw]
+    out = F.interpolate(
+        region, size=(size, size), mode=mode, align_corners=False, antialias=(ch > size or cw > size)
+    )
     return out[0].clamp_(-1.0, 1.0)
 
 
 def gaussian_blur3x3(img01: Tensor, sigma: float) -> Tensor:
     """Separable 3×3 Gaussian blur (reflect padding, as torchvision's gaussian_blur) of (C, H, W)."""
-    k = torch.tensor([math.exp(-1.0 / (2 * sigma * sigma)), 1.0, math.exp(-1.0 / (2 * sigma * sigma))],
-                     dtype=img01.dtype, device=img01.device)
+    k = torch.tensor(
+        [math.exp(-1.0 / (2 * sigma * sigma)), 1.0, math.exp(-1.0 / (2 * sigma * sigma))],
+        dtype=img01.dtype,
+        device=img01.device,
+    )
     k = k / k.sum()
     c = img01.shape[0]
     x = F.pad(img01[None], (1, 1, 1, 1), mode="reflect")
@@ -150,8 +159,10 @@ def augment_view(img: Tensor, cfg: AugmentConfig, blur_p: float, gen: torch.Gene
         x = x.flip(-2)
     x01 = (x + 1.0) * 0.5
     if _coin(gen, cfg.jitter_p):
-        ops = [("b", _uniform(gen, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)),
-               ("c", _uniform(gen, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast))]
+        ops = [
+            ("b", _uniform(gen, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)),
+            ("c", _uniform(gen, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)),
+        ]
         if _coin(gen, 0.5):
             ops.reverse()
         for kind, factor in ops:

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from cacstream.training.dino.schedules import teacher_temperature_schedule
+from torch import Tensor, nn
 
 
 class DINOLoss(nn.Module):
@@ -34,15 +33,23 @@ class DINOLoss(nn.Module):
 
     center: Tensor
 
-    def __init__(self, out_dim: int, warmup_teacher_temp: float, teacher_temp: float,
-                 warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
-                 center_momentum: float = 0.9) -> None:
+    def __init__(
+        self,
+        out_dim: int,
+        warmup_teacher_temp: float,
+        teacher_temp: float,
+        warmup_teacher_temp_epochs: int,
+        nepochs: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+    ) -> None:
         super().__init__()
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.teacher_temp_schedule: np.ndarray = teacher_temperature_schedule(
-            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs)
+            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs
+        )
         #: diagnostics of the last call: mean teacher entropy (nats) and the teacher temperature used.
         #: Entropy near log(K) with a flat loss means collapse to uniform; near 0, to one prototype.
         self.last_stats: dict[str, float] = {}
@@ -50,8 +57,14 @@ class DINOLoss(nn.Module):
     def teacher_temp(self, epoch: int) -> float:
         return float(self.teacher_temp_schedule[min(epoch, len(self.teacher_temp_schedule) - 1)])
 
-    def forward(self, student_global: Tensor, student_local: Tensor, local_owner: Tensor,
-                teacher_global: Tensor, epoch: int) -> Tensor:
+    def forward(
+        self,
+        student_global: Tensor,
+        student_local: Tensor,
+        local_owner: Tensor,
+        teacher_global: Tensor,
+        epoch: int,
+    ) -> Tensor:
         """Loss for one batch of B slices.
 
         Args:
@@ -64,8 +77,10 @@ class DINOLoss(nn.Module):
         """
         two_b, k = teacher_global.shape
         if two_b % 2 or student_global.shape != teacher_global.shape:
-            raise ValueError(f"global outputs must be (2B, K) for student and teacher, got "
-                             f"{tuple(student_global.shape)} and {tuple(teacher_global.shape)}")
+            raise ValueError(
+                f"global outputs must be (2B, K) for student and teacher, got "
+                f"{tuple(student_global.shape)} and {tuple(teacher_global.shape)}"
+            )
         if student_local.shape[0] != local_owner.shape[0]:
             raise ValueError("one owner index per local crop is required")
         b = two_b // 2

@@ -18,8 +18,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-
 from cacstream.training.config import AugmentConfig, MultiCropConfig
 from cacstream.training.dino.augment import (
     Box,
@@ -31,12 +29,20 @@ from cacstream.training.dino.augment import (
     sample_crop_size,
     single_threaded,
 )
+from torch import Tensor
 
 RATIO = (3 / 4, 4 / 3)
 
 
-def guided_crop_box(h: int, w: int, point: tuple[int, int], scale: tuple[float, float], jitter: float,
-                    gen: torch.Generator, ratio: tuple[float, float] = RATIO) -> Box:
+def guided_crop_box(
+    h: int,
+    w: int,
+    point: tuple[int, int],
+    scale: tuple[float, float],
+    jitter: float,
+    gen: torch.Generator,
+    ratio: tuple[float, float] = RATIO,
+) -> Box:
     """A local crop box of area fraction in ``scale`` that contains ``point`` = (row, col), with the point
     at most ``jitter`` × half-size away from the centre (before any shift back inside the image)."""
     size = None
@@ -85,9 +91,12 @@ class MultiCropBatch:
         return self.globals.shape[0] // 2
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MultiCropBatch:
-        return MultiCropBatch(self.globals.to(device, non_blocking=non_blocking),
-                              self.locals.to(device, non_blocking=non_blocking),
-                              self.local_owner.to(device, non_blocking=non_blocking), self.n_guided)
+        return MultiCropBatch(
+            self.globals.to(device, non_blocking=non_blocking),
+            self.locals.to(device, non_blocking=non_blocking),
+            self.local_owner.to(device, non_blocking=non_blocking),
+            self.n_guided,
+        )
 
 
 class MultiCropAugmentation:
@@ -136,7 +145,9 @@ class MultiCropAugmentation:
 
 def collate_multicrop(samples: list[MultiCropSample]) -> MultiCropBatch:
     """Stack globals crop-major and concatenate every sample's local crops with owner indices."""
-    g = torch.cat([torch.stack([s.globals[0] for s in samples]), torch.stack([s.globals[1] for s in samples])])
+    g = torch.cat(
+        [torch.stack([s.globals[0] for s in samples]), torch.stack([s.globals[1] for s in samples])]
+    )
     counts = torch.tensor([s.locals.shape[0] for s in samples], dtype=torch.long)
     loc = torch.cat([s.locals for s in samples])
     owner = torch.repeat_interleave(torch.arange(len(samples)), counts)

@@ -12,8 +12,14 @@ import math
 import numpy as np
 
 
-def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
-                     warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
+def cosine_scheduler(
+    base_value: float,
+    final_value: float,
+    epochs: int,
+    niter_per_ep: int,
+    warmup_epochs: int = 0,
+    start_warmup_value: float = 0.0,
+) -> np.ndarray:
     """Linear warm-up from ``start_warmup_value`` to ``base_value`` over ``warmup_epochs``, then a
     half-cosine from ``base_value`` to ``final_value``; one value per iteration (epochs × niter_per_ep).
     """
@@ -31,12 +37,15 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
     return schedule
 
 
-def teacher_temperature_schedule(warmup_teacher_temp: float, teacher_temp: float,
-                                 warmup_epochs: int, epochs: int) -> np.ndarray:
+def teacher_temperature_schedule(
+    warmup_teacher_temp: float, teacher_temp: float, warmup_epochs: int, epochs: int
+) -> np.ndarray:
     """One teacher temperature per epoch: linear warm-up, then constant (DINO's DINOLoss)."""
     if not 0 <= warmup_epochs <= epochs:
         raise ValueError(f"warmup_teacher_temp_epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
-    return np.concatenate((
-        np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs),
-        np.ones(epochs - warmup_epochs) * teacher_temp,
-    ))
+    return np.concatenate(
+        (
+            np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs),
+            np.ones(epochs - warmup_epochs) * teacher_temp,
+        )
+    )

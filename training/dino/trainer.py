@@ -20,10 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
-from torch import nn
-from torch.utils.data import DataLoader
-
 from cacstream.training.checkpoint import (
     has_checkpoint,
     load_checkpoint,
@@ -60,6 +56,9 @@ from cacstream.training.runtime import (
     write_json,
     write_run_config,
 )
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader
 
 
 def get_params_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -103,8 +102,10 @@ def build_backbone(cfg: DinoConfig, drop_path_rate: float = 0.0) -> VisionTransf
     kw = dict(cfg.arch_kwargs)
     kw.setdefault("img_size", cfg.preprocess.input_size)
     if kw["img_size"] != cfg.preprocess.input_size:
-        raise ValueError(f"arch_kwargs.img_size {kw['img_size']} != preprocess.input_size "
-                         f"{cfg.preprocess.input_size}: the backbone is built for the serving input size")
+        raise ValueError(
+            f"arch_kwargs.img_size {kw['img_size']} != preprocess.input_size "
+            f"{cfg.preprocess.input_size}: the backbone is built for the serving input size"
+        )
     kw["drop_path_rate"] = drop_path_rate
     model = create_model(cfg.arch, **kw)
     if not isinstance(model, VisionTransformer):
@@ -121,25 +122,51 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     order = torch.randperm(n, generator=g).tolist()
     per_step = batch_size * world
     steps = n // per_step
-    return [order[s * per_step + rank * batch_size: s * per_step + (rank + 1) * batch_size] for s in range(steps)]
+    return [
+        order[s * per_step + rank * batch_size : s * per_step + (rank + 1) * batch_size] for s in range(steps)
+    ]
 
 
-def train_dino(cfg: DinoConfig, run_dir: Path, *, resume: bool = False, stop_after_epochs: int | None = None,
-               quiet: bool = False, command: Sequence[str] | None = None) -> TrainResult:
+def train_dino(
+    cfg: DinoConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    quiet: bool = False,
+    command: Sequence[str] | None = None,
+) -> TrainResult:
     """Run (or resume) DINO-LG pretraining into ``run_dir``."""
     with runtime_scope(cfg.runtime) as device:
-        return _train_dino(cfg, Path(run_dir), device, resume=resume, stop_after_epochs=stop_after_epochs,
-                            quiet=quiet, command=command)
+        return _train_dino(
+            cfg,
+            Path(run_dir),
+            device,
+            resume=resume,
+            stop_after_epochs=stop_after_epochs,
+            quiet=quiet,
+            command=command,
+        )
 
 
-def _train_dino(cfg: DinoConfig, run_dir: Path, device: torch.device, *, resume: bool,
-                stop_after_epochs: int | None, quiet: bool, command: Sequence[str] | None) -> TrainResult:
+def _train_dino(
+    cfg: DinoConfig,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    resume: bool,
+    stop_after_epochs: int | None,
+    quiet: bool,
+    command: Sequence[str] | None,
+) -> TrainResult:
     rank, world = dist_info()
     if resume and not has_checkpoint(run_dir):
         raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
     if not resume and has_checkpoint(run_dir):
-        raise FileExistsError(f"{run_dir}: holds a checkpoint already; pass --resume to continue it or "
-                              "choose another --out folder")
+        raise FileExistsError(
+            f"{run_dir}: holds a checkpoint already; pass --resume to continue it or "
+            "choose another --out folder"
+        )
     if is_main():
         write_run_config(run_dir, "dino", cfg, command, resume)
     seed = cfg.runtime.seed
@@ -153,24 +180,43 @@ def _train_dino(cfg: DinoConfig, run_dir: Path, device: torch.device, *, resume:
     refs = select_slices(train_cases, cfg.data, seed=seed)
     patch = build_backbone(cfg).patch_size
     if cfg.multicrop.local_crop_size % patch or cfg.preprocess.input_size % patch:
-        raise ValueError(f"input_size {cfg.preprocess.input_size} and local_crop_size "
-                         f"{cfg.multicrop.local_crop_size} must be multiples of the patch size {patch}")
+        raise ValueError(
+            f"input_size {cfg.preprocess.input_size} and local_crop_size "
+            f"{cfg.multicrop.local_crop_size} must be multiples of the patch size {patch}"
+        )
     augmentation = MultiCropAugmentation(cfg.multicrop, cfg.augment, cfg.preprocess.input_size)
     dataset = DinoSliceDataset(train_cases, refs, cfg.preprocess, augmentation, seed)
     niter = len(dataset) // (cfg.batch_size * world)
     if niter < 1:
-        raise ValueError(f"{len(dataset)} training slices are fewer than one batch of {cfg.batch_size * world}")
+        raise ValueError(
+            f"{len(dataset)} training slices are fewer than one batch of {cfg.batch_size * world}"
+        )
 
     # ---------------------------------------------------------------- models
     student_bb = build_backbone(cfg, cfg.drop_path_rate)
     teacher_bb = build_backbone(cfg, 0.0)
     embed = student_bb.embed_dim
-    student = MultiCropWrapper(student_bb, DINOHead(embed, cfg.out_dim, norm_last_layer=cfg.norm_last_layer,
-                                                    nlayers=cfg.head_nlayers, hidden_dim=cfg.head_hidden_dim,
-                                                    bottleneck_dim=cfg.head_bottleneck_dim)).to(device)
-    teacher = MultiCropWrapper(teacher_bb, DINOHead(embed, cfg.out_dim, nlayers=cfg.head_nlayers,
-                                                    hidden_dim=cfg.head_hidden_dim,
-                                                    bottleneck_dim=cfg.head_bottleneck_dim)).to(device)
+    student = MultiCropWrapper(
+        student_bb,
+        DINOHead(
+            embed,
+            cfg.out_dim,
+            norm_last_layer=cfg.norm_last_layer,
+            nlayers=cfg.head_nlayers,
+            hidden_dim=cfg.head_hidden_dim,
+            bottleneck_dim=cfg.head_bottleneck_dim,
+        ),
+    ).to(device)
+    teacher = MultiCropWrapper(
+        teacher_bb,
+        DINOHead(
+            embed,
+            cfg.out_dim,
+            nlayers=cfg.head_nlayers,
+            hidden_dim=cfg.head_hidden_dim,
+            bottleneck_dim=cfg.head_bottleneck_dim,
+        ),
+    ).to(device)
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad = False
@@ -179,14 +225,28 @@ def _train_dino(cfg: DinoConfig, run_dir: Path, device: torch.device, *, resume:
         teacher_bb.compile()
     student_ddp: nn.Module = student
     if world > 1:
-        student_ddp = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+        student_ddp = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
-    dino_loss = DINOLoss(cfg.out_dim, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_epochs,
-                         cfg.epochs, cfg.student_temp, cfg.center_momentum).to(device)
+    dino_loss = DINOLoss(
+        cfg.out_dim,
+        cfg.warmup_teacher_temp,
+        cfg.teacher_temp,
+        cfg.warmup_teacher_temp_epochs,
+        cfg.epochs,
+        cfg.student_temp,
+        cfg.center_momentum,
+    ).to(device)
     optimizer = torch.optim.AdamW(get_params_groups(student))
     scaler = grad_scaler(device, cfg.runtime.precision)
-    lr_schedule = cosine_scheduler(cfg.lr * cfg.batch_size * world / 256.0, cfg.min_lr, cfg.epochs, niter,
-                                   warmup_epochs=cfg.warmup_epochs)
+    lr_schedule = cosine_scheduler(
+        cfg.lr * cfg.batch_size * world / 256.0,
+        cfg.min_lr,
+        cfg.epochs,
+        niter,
+        warmup_epochs=cfg.warmup_epochs,
+    )
     wd_schedule = cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, niter)
     momentum_schedule = cosine_scheduler(cfg.momentum_teacher, 1.0, cfg.epochs, niter)
 
@@ -198,8 +258,10 @@ def _train_dino(cfg: DinoConfig, run_dir: Path, device: torch.device, *, resume:
         if meta.get("stage") != "dino":
             raise ValueError(f"{run_dir}: checkpoint is for stage {meta.get('stage')!r}, not dino")
         if meta.get("niter") != niter:
-            raise ValueError(f"{run_dir}: the data gives {niter} iterations per epoch, the checkpoint had "
-                             f"{meta.get('niter')}: the training data changed")
+            raise ValueError(
+                f"{run_dir}: the data gives {niter} iterations per epoch, the checkpoint had "
+                f"{meta.get('niter')}: the training data changed"
+            )
         student.load_state_dict(unprefixed("student", tensors))
         teacher.load_state_dict(unprefixed("teacher", tensors))
         dino_loss.center.copy_(tensors["loss/center"].to(device))
@@ -222,9 +284,13 @@ def _train_dino(cfg: DinoConfig, run_dir: Path, device: torch.device, *, resume:
                 break
             torch.manual_seed(epoch_seed(seed, epoch))
             dataset.set_epoch(epoch)
-            loader = DataLoader(dataset, batch_sampler=_batches(len(dataset), cfg.batch_size, seed, epoch),
-                                collate_fn=collate_multicrop, num_workers=cfg.runtime.num_workers,
-                                pin_memory=device.type == "cuda")
+            loader = DataLoader(
+                dataset,
+                batch_sampler=_batches(len(dataset), cfg.batch_size, seed, epoch),
+                collate_fn=collate_multicrop,
+                num_workers=cfg.runtime.num_workers,
+                pin_memory=device.type == "cuda",
+            )
             student.train()
             teacher.train()
             t0 = time.perf_counter()
@@ -243,10 +309,14 @@ def _train_dino(cfg: DinoConfig, run_dir: Path, device: torch.device, *, resume:
                     with torch.no_grad():
                         teacher_out = teacher(batch.globals)
                     student_out = student_ddp([batch.globals, batch.locals])
-                    loss = dino_loss(student_out[:b2], student_out[b2:], batch.local_owner, teacher_out, epoch)
+                    loss = dino_loss(
+                        student_out[:b2], student_out[b2:], batch.local_owner, teacher_out, epoch
+                    )
                 if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"DINO loss is {loss.item()} at epoch {epoch}, iteration {it}; "
-                                             "lower lr, raise clip_grad or use fp32")
+                    raise FloatingPointError(
+                        f"DINO loss is {loss.item()} at epoch {epoch}, iteration {it}; "
+                        "lower lr, raise clip_grad or use fp32"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
@@ -273,12 +343,18 @@ def _train_dino(cfg: DinoConfig, run_dir: Path, device: torch.device, *, resume:
             elapsed = time.perf_counter() - t0
             ran += 1
             record = {
-                "epoch": epoch, "train_loss": sum(losses) / len(losses), "train_loss_last": losses[-1],
-                "lr": float(lr_schedule[it - 1]), "weight_decay": float(wd_schedule[it - 1]),
-                "teacher_momentum": float(momentum_schedule[it - 1]), "teacher_temp": dino_loss.teacher_temp(epoch),
+                "epoch": epoch,
+                "train_loss": sum(losses) / len(losses),
+                "train_loss_last": losses[-1],
+                "lr": float(lr_schedule[it - 1]),
+                "weight_decay": float(wd_schedule[it - 1]),
+                "teacher_momentum": float(momentum_schedule[it - 1]),
+                "teacher_temp": dino_loss.teacher_temp(epoch),
                 "teacher_entropy": sum(entropies) / len(entropies),
-                "guided_crop_fraction": n_guided / max(n_local, 1), "iterations": it,
-                "slices_per_s": niter * cfg.batch_size / elapsed, "time_s": elapsed,
+                "guided_crop_fraction": n_guided / max(n_local, 1),
+                "iterations": it,
+                "slices_per_s": niter * cfg.batch_size / elapsed,
+                "time_s": elapsed,
             }
             if is_main():
                 log.append(record)
@@ -291,15 +367,31 @@ def _train_dino(cfg: DinoConfig, run_dir: Path, device: torch.device, *, resume:
     if is_main():
         log.finish()
     if status == "finished" and is_main():
-        save_file(prefixed_model(teacher.backbone), str(run_dir / MODEL_FILE), metadata={"format": "cacstream-backbone/1"})
-        write_json(run_dir / RUN_RECORD_FILE, {
-            "stage": "dino", "finished": True, "arch": cfg.arch, "arch_kwargs": dict(teacher.backbone.arch_kwargs),
-            "embed_dim": teacher.backbone.embed_dim, "patch_size": teacher.backbone.patch_size,
-            "preprocess": cfg.preprocess.to_dict(), "weights": MODEL_FILE, "weights_are": "teacher backbone",
-            "multicrop": config_to_dict(cfg.multicrop), "epochs": cfg.epochs, "iterations": it,
-            "data": data_summary(loaded), "metrics": log.records[-1] if log.records else {},
-            "command": list(command or []),
-        })
+        save_file(
+            prefixed_model(teacher.backbone),
+            str(run_dir / MODEL_FILE),
+            metadata={"format": "cacstream-backbone/1"},
+        )
+        write_json(
+            run_dir / RUN_RECORD_FILE,
+            {
+                "stage": "dino",
+                "finished": True,
+                "arch": cfg.arch,
+                "arch_kwargs": dict(teacher.backbone.arch_kwargs),
+                "embed_dim": teacher.backbone.embed_dim,
+                "patch_size": teacher.backbone.patch_size,
+                "preprocess": cfg.preprocess.to_dict(),
+                "weights": MODEL_FILE,
+                "weights_are": "teacher backbone",
+                "multicrop": config_to_dict(cfg.multicrop),
+                "epochs": cfg.epochs,
+                "iterations": it,
+                "data": data_summary(loaded),
+                "metrics": log.records[-1] if log.records else {},
+                "command": list(command or []),
+            },
+        )
     return TrainResult(run_dir, status, len(log.records), it, list(log.records))
 
 
@@ -307,15 +399,36 @@ def prefixed_model(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def _save(run_dir: Path, next_epoch: int, it: int, niter: int, student: nn.Module, teacher: nn.Module,
-          loss: DINOLoss, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
-    tensors = {**prefixed("student", student.state_dict()), **prefixed("teacher", teacher.state_dict()),
-               "loss/center": loss.center.detach().cpu().contiguous()}
+def _save(
+    run_dir: Path,
+    next_epoch: int,
+    it: int,
+    niter: int,
+    student: nn.Module,
+    teacher: nn.Module,
+    loss: DINOLoss,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+) -> None:
+    tensors = {
+        **prefixed("student", student.state_dict()),
+        **prefixed("teacher", teacher.state_dict()),
+        "loss/center": loss.center.detach().cpu().contiguous(),
+    }
     opt_t, opt_meta = optimizer_to_tensors(optimizer)
     rng_t, rng_meta = rng_to_tensors()
     tensors.update(opt_t)
     tensors.update(rng_t)
-    save_checkpoint(run_dir, tensors, {
-        "stage": "dino", "epoch": next_epoch, "iteration": it, "niter": niter, "optimizer": opt_meta,
-        "rng": rng_meta, "scaler": scaler.state_dict() if scaler is not None else None,
-    })
+    save_checkpoint(
+        run_dir,
+        tensors,
+        {
+            "stage": "dino",
+            "epoch": next_epoch,
+            "iteration": it,
+            "niter": niter,
+            "optimizer": opt_meta,
+            "rng": rng_meta,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        },
+    )

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
-
 from cacstream.training.models.vit import VisionTransformer
+from torch import Tensor, nn
 
 FeatureMode = Literal["cls", "cls_avgpool", "last_blocks"]
 
@@ -51,8 +50,11 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
-        return cls(mode=d.get("mode", "cls"), n_last_blocks=int(d.get("n_last_blocks", 1)),
-                   avgpool=bool(d.get("avgpool", False)))
+        return cls(
+            mode=d.get("mode", "cls"),
+            n_last_blocks=int(d.get("n_last_blocks", 1)),
+            avgpool=bool(d.get("avgpool", False)),
+        )
 
 
 def extract_features(backbone: VisionTransformer, x: Tensor, spec: FeatureSpec) -> Tensor:

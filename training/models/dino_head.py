@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from cacstream.training.models.vit import _trunc_normal_
+from torch import Tensor, nn
 
 
 class WeightNormLinear(nn.Module):
@@ -44,8 +43,16 @@ class DINOHead(nn.Module):
         use_bn: batch norm between MLP layers (off for ViTs).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, use_bn: bool = False, norm_last_layer: bool = True,
-                 nlayers: int = 3, hidden_dim: int = 2048, bottleneck_dim: int = 256) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+        nlayers: int = 3,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+    ) -> None:
         super().__init__()
         nlayers = max(nlayers, 1)
         self.mlp: nn.Module

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
-
 from cacstream.training.models.unet import UNet
 from cacstream.training.models.vit import VisionTransformer
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,9 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, family: str, builder: Callable[..., nn.Module], description: str = "",
-                   **defaults: Any) -> None:
+def register_model(
+    name: str, family: str, builder: Callable[..., nn.Module], description: str = "", **defaults: Any
+) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     _REGISTRY[name] = ModelEntry(name, family, builder, dict(defaults), description)
@@ -48,24 +48,39 @@ _VIT_WIDTHS = {
 for _w, _dims in _VIT_WIDTHS.items():
     for _p in (8, 16):
         register_model(
-            f"vit_{_w}_patch{_p}", "vit", VisionTransformer,
+            f"vit_{_w}_patch{_p}",
+            "vit",
+            VisionTransformer,
             f"ViT-{_w[0].upper()}/{_p} (DINO widths), 1→3 channel CT adapter",
-            img_size=224, patch_size=_p, in_chans=1, mlp_ratio=4.0, qkv_bias=True, **_dims,
+            img_size=224,
+            patch_size=_p,
+            in_chans=1,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            **_dims,
         )
 
 _UNET_FILTERS = {"tiny": 8, "small": 16, "medium": 32, "base": 64}
 for _w, _f in _UNET_FILTERS.items():
     register_model(
-        f"unet_{_w}", "unet", UNet,
+        f"unet_{_w}",
+        "unet",
+        UNet,
         f"2D U-Net, {_f} initial filters, depth 4 ({'paper' if _f == 64 else 'CPU'} profile)",
-        in_chans=1, base_filters=_f, depth=4, norm="batch",
+        in_chans=1,
+        base_filters=_f,
+        depth=4,
+        norm="batch",
     )
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Registered names matching a shell pattern (and family), sorted."""
-    return sorted(n for n, e in _REGISTRY.items()
-                  if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family))
+    return sorted(
+        n
+        for n, e in _REGISTRY.items()
+        if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
+    )
 
 
 def model_entry(name: str) -> ModelEntry:

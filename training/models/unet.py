@@ -9,9 +9,8 @@ of 2**depth.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
 from cacstream.engine.domain import NUM_SEG_CLASSES
+from torch import Tensor, nn
 
 
 def _norm(kind: str, ch: int) -> nn.Module:
@@ -31,8 +30,12 @@ class DoubleConv(nn.Module):
         super().__init__()
         bias = norm == "none"
         self.block = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -62,8 +65,14 @@ class UNet(nn.Module):
         norm: "batch" (default), "instance" or "none".
     """
 
-    def __init__(self, in_chans: int = 1, num_classes: int = NUM_SEG_CLASSES, base_filters: int = 64,
-                 depth: int = 4, norm: str = "batch") -> None:
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = NUM_SEG_CLASSES,
+        base_filters: int = 64,
+        depth: int = 4,
+        norm: str = "batch",
+    ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")

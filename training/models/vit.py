@@ -80,8 +80,9 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (timm names: ``qkv``, ``proj``)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
@@ -125,9 +126,17 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
@@ -287,8 +296,9 @@ class VisionTransformer(nn.Module):
 _CHECKPOINT_PREFIXES = ("module.", "backbone.", "encoder.")
 
 
-def load_pretrained(model: VisionTransformer, state_dict: Mapping[str, Tensor],
-                    strict_backbone: bool = True) -> dict[str, list[str]]:
+def load_pretrained(
+    model: VisionTransformer, state_dict: Mapping[str, Tensor], strict_backbone: bool = True
+) -> dict[str, list[str]]:
     """Load a DINO/timm ViT state dict into ``model``, adapting it to the model's build.
 
     Strips ``module.``/``backbone.`` prefixes, drops classifier/DINO-head keys, resamples ``pos_embed``
@@ -299,8 +309,7 @@ def load_pretrained(model: VisionTransformer, state_dict: Mapping[str, Tensor],
     sd: dict[str, Tensor] = {}
     for k, v in state_dict.items():
         for p in _CHECKPOINT_PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
+            k = k.removeprefix(p)
         if k.startswith(("head.", "fc.", "last_layer.", "mlp.")):
             continue
         sd[k] = v
@@ -309,5 +318,7 @@ def load_pretrained(model: VisionTransformer, state_dict: Mapping[str, Tensor],
     result = model.load_state_dict(sd, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("input_adapter.")]
     if strict_backbone and missing:
-        raise KeyError(f"checkpoint lacks backbone weights: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        raise KeyError(
+            f"checkpoint lacks backbone weights: {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+        )
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
