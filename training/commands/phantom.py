@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 NAME = "phantom"
-HELP = "Write synthetic chest / cardiac CT series (DICOM) with known per-artery calcium truth."
+HELP = "write synthetic chest / cardiac CT series (DICOM) with known per-artery calcium truth"
 DESCRIPTION = (
     "Generates N realistic phantom series (seeds S, S+1, ...), each in OUT/phantom_<kind>_s<seed>/ as "
     "DICOM CT files plus truth.json (per-artery Agatston, volume, lesions, risk category, per-slice "
@@ -140,11 +140,13 @@ def run(args: argparse.Namespace) -> int:
                     progress.advance(task)
     done.sort(key=lambda r: r["seed"])
     table = Table(title=f"{len(done)} phantom series in {out}")
+    # calibration phantoms have no coronaries: their column shows the threshold-mode (whole slice) total
     for col in ("seed", "folder", "slices", "Agatston (truth)", "risk", "s"):
         table.add_column(col)
     for r in done[:50]:
         score = r["agatston"] if r["kind"] != "calibration" else r["threshold_total"]
-        table.add_row(str(r["seed"]), r["folder"], str(r["slices"]), f"{score:.1f}", r["risk"], f"{r['seconds']:.1f}")
+        risk = r["risk"] if r["kind"] != "calibration" else "-"
+        table.add_row(str(r["seed"]), r["folder"], str(r["slices"]), f"{score:.1f}", risk, f"{r['seconds']:.1f}")
     console.print(table)
     if len(done) > 50:
         console.print(f"... and {len(done) - 50} more")

@@ -232,7 +232,15 @@ def composite_layers(
                     gate = 1.0
             t1 = tex1[r0 + i, c0 + j]
             t2 = tex2[r0 + i, c0 + j]
-            for l in range(L):
+            # start at the deepest layer that covers the pixel completely: the ones outside it are
+            # painted over anyway (nested layers), so skip their blending
+            first = 0
+            if gate >= 1.0:
+                for l in range(L - 1, -1, -1):
+                    if dmax + offsets[l] + mod_amp[l] * m <= -half:
+                        first = l
+                        break
+            for l in range(first, L):
                 off = offsets[l] + mod_amp[l] * m
                 if dmax + off <= -half:
                     a = 1.0  # fully inside on every plane

@@ -77,11 +77,15 @@ class Blob(Shape):
     coarse_step: int = 3
 
     def _extents(self) -> np.ndarray:
-        e = self.ellipsoids
-        rot = e[:, 3:12].reshape(-1, 3, 3)  # rows: local axes in world coordinates
-        radii = e[:, 12:15]
-        # half-extent along world axis w: sqrt(sum_j (rot[j, w] * r_j)^2)
-        return np.sqrt(np.einsum("njw,nj->nw", rot**2, radii**2))
+        cached = getattr(self, "_extents_cache", None)
+        if cached is None:
+            e = self.ellipsoids
+            rot = e[:, 3:12].reshape(-1, 3, 3)  # rows: local axes in world coordinates
+            radii = e[:, 12:15]
+            # half-extent along world axis w: sqrt(sum_j (rot[j, w] * r_j)^2)
+            cached = np.sqrt(np.einsum("njw,nj->nw", rot**2, radii**2))
+            self._extents_cache = cached
+        return cached
 
     def z_range(self) -> tuple[float, float]:
         ext = self._extents()
@@ -115,31 +119,35 @@ class Tubes(Shape):
 
     segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 8)))
 
-    def z_range(self):
-        s = self.segments
-        r = np.maximum(s[:, 6], s[:, 7]) + self.reach
-        return float((np.minimum(s[:, 2], s[:, 5]) - r).min()), float((np.maximum(s[:, 2], s[:, 5]) + r).max())
+    def _bounds(self) -> np.ndarray:
+        """Per segment: zmin, zmax, xmin, xmax, ymin, ymax including radius and reach (cached)."""
+        cached = getattr(self, "_bounds_cache", None)
+        if cached is None:
+            s = self.segments
+            r = np.maximum(s[:, 6], s[:, 7]) + self.reach
+            cached = np.stack([np.minimum(s[:, 2], s[:, 5]) - r, np.maximum(s[:, 2], s[:, 5]) + r,
+                               np.minimum(s[:, 0], s[:, 3]) - r, np.maximum(s[:, 0], s[:, 3]) + r,
+                               np.minimum(s[:, 1], s[:, 4]) - r, np.maximum(s[:, 1], s[:, 4]) + r], axis=1)
+            self._bounds_cache = cached
+        return cached
 
-    def _select(self, zlo: float, zhi: float) -> np.ndarray:
-        s = self.segments
-        r = np.maximum(s[:, 6], s[:, 7]) + self.reach
-        keep = (np.minimum(s[:, 2], s[:, 5]) - r <= zhi) & (np.maximum(s[:, 2], s[:, 5]) + r >= zlo)
-        return s[keep]
+    def z_range(self):
+        b = self._bounds()
+        return float(b[:, 0].min()), float(b[:, 1].max())
+
+    def _keep(self, zlo: float, zhi: float) -> np.ndarray:
+        b = self._bounds()
+        return (b[:, 0] <= zhi) & (b[:, 1] >= zlo)
 
     def xy_box(self, zlo, zhi):
-        s = self._select(zlo, zhi)
-        if len(s) == 0:
+        keep = self._keep(zlo, zhi)
+        if not keep.any():
             return None
-        r = np.maximum(s[:, 6], s[:, 7]) + self.reach
-        return (
-            float((np.minimum(s[:, 0], s[:, 3]) - r).min()),
-            float((np.maximum(s[:, 0], s[:, 3]) + r).max()),
-            float((np.minimum(s[:, 1], s[:, 4]) - r).min()),
-            float((np.maximum(s[:, 1], s[:, 4]) + r).max()),
-        )
+        b = self._bounds()[keep]
+        return float(b[:, 2].min()), float(b[:, 3].max()), float(b[:, 4].min()), float(b[:, 5].max())
 
     def distance(self, out, grid, r0, c0, zs):
-        s = np.ascontiguousarray(self._select(float(zs.min()), float(zs.max())))
+        s = np.ascontiguousarray(self.segments[self._keep(float(zs.min()), float(zs.max()))])
         raster.segments_distance(out, grid.x0, grid.y0, grid.ps, r0, c0, zs, s, self.reach + 2 * grid.ps)
 
 
@@ -226,15 +234,15 @@ def _sampled(shape: Shape, grid: "SliceGrid", r0: int, r1: int, c0: int, c1: int
     h, w = r1 - r0, c1 - c0
     step = shape.coarse_step
     if step <= 1 or min(h, w) < 4 * step:
-        out = np.empty((len(zs), h, w), dtype=np.float64)
+        out = np.empty((len(zs), h, w), dtype=np.float32)
         shape.distance(out, grid, r0, c0, zs)
         return out
     hc = (h - 1 + step - 1) // step + 1
     wc = (w - 1 + step - 1) // step + 1
     coarse_grid = SliceGrid(grid.x0 + c0 * grid.ps, grid.y0 + r0 * grid.ps, grid.ps * step, hc, wc)
-    coarse = np.empty((len(zs), hc, wc), dtype=np.float64)
+    coarse = np.empty((len(zs), hc, wc), dtype=np.float32)
     shape.distance(coarse, coarse_grid, 0, 0, zs)
-    out = np.empty((len(zs), h, w), dtype=np.float64)
+    out = np.empty((len(zs), h, w), dtype=np.float32)
     raster.upsample_bilinear(coarse, step, out)
     return out
 
@@ -253,9 +261,9 @@ def wobble_map(grid: SliceGrid, zc: float, waves: np.ndarray, step: int = 8) -> 
     """The smooth random 3D field of ``raster.modulation`` on this slice (coarse, interpolated)."""
     hc = (grid.rows - 1 + step - 1) // step + 1
     wc = (grid.cols - 1 + step - 1) // step + 1
-    coarse = np.empty((1, hc, wc), dtype=np.float64)
+    coarse = np.empty((1, hc, wc), dtype=np.float32)
     raster.modulation_grid(coarse[0], grid.x0, grid.y0, grid.ps * step, zc, waves)
-    out = np.empty((1, grid.rows, grid.cols), dtype=np.float64)
+    out = np.empty((1, grid.rows, grid.cols), dtype=np.float32)
     raster.upsample_bilinear(coarse, step, out)
     return out[0]
 
