@@ -68,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "medians are reported. 21 gives stable medians on a busy 2-core machine; 3 for "
                              "a smoke test")
     parser.add_argument("--series-uid", default=None, metavar="UID",
-                        help="which series to use when SERIES_DIR holds several (default: the one with the "
-                             "most slices)")
+                        help="which series to use when SERIES_DIR holds several; none: the one with the "
+                             "most slices")
     parser.add_argument("--connectivity", type=int, choices=(4, 8), default=8,
                         help="2D lesion connectivity; 8 is the Agatston convention used by the engine")
     parser.add_argument("--threads", type=int, default=0,

@@ -20,10 +20,11 @@ Entry points:
   2009), for callers that need one and for the tests.
 * :func:`slice_components` — one slice, serial and ``nogil``: the streaming engine scores a slice
   as soon as its mask arrives, possibly from several threads at once.
-* :func:`volume_components` — a whole volume, slices in parallel (``prange``, dynamic schedule) with
-  no Python per slice and no allocation per slice. It prefers Numba's workqueue threading layer
-  (no spinning threads on a shared 2-core machine, see :func:`_prefer_workqueue_layer`) and
-  serialises parallel calls with a lock (that layer aborts on concurrent parallel launches).
+* :func:`volume_components` — a whole volume, slices in parallel (``prange`` over workers taking
+  interleaved slices) with no Python per slice and no allocation per slice. It prefers Numba's
+  workqueue threading layer (no spinning threads on a shared 2-core machine, see
+  :func:`_prefer_workqueue_layer`) and serialises parallel calls with a lock (that layer aborts on
+  concurrent parallel launches).
 
 Ordering: components of a slice come in the raster order of their first pixel (row-major), slices
 in increasing index, so results are deterministic and comparable with other labellers.
@@ -402,12 +403,11 @@ def _slice_kernel(hu, lab, thr, conn8, pixel_area, min_area):
 @njit(cache=True, nogil=True, parallel=True)
 def _volume_kernel(hu, lab, thr, conn8, pixel_area, min_area, n_workers, cap,
                    o_slice, o_n, o_peak, o_sum, o_sr, o_sc, o_lab, o_count):
-    """Slices in parallel (dynamic schedule, one slice per chunk: a worker slowed by other processes
-    simply takes fewer slices). Each worker owns one set of scratch buffers, allocated once per call and
-    indexed by its thread id, and appends its kept components to row ``tid`` of the outputs, tagged
+    """Slices in parallel: worker w scores slices w, w + n_workers, ... (interleaved, so that Numba's
+    static schedule balances the load however the calcium is spread along z) with its own scratch
+    buffers, allocated once per call, and writes its kept components to row w of the outputs, tagged
     with the slice index (the caller restores slice order). A worker that finds more than ``cap``
-    components keeps counting without writing: the caller reruns with room for all of them.
-    ``o_count`` must be zero on entry."""
+    components keeps counting without writing: the caller reruns with room for all of them."""
     n_slices, rows, cols = hu.shape
     bound = rows * ((cols + 1) // 2) + 1
     nh = bound if lab is not None else 1
@@ -421,29 +421,29 @@ def _volume_kernel(hu, lab, thr, conn8, pixel_area, min_area, n_workers, cap,
     scol = np.empty((n_workers, bound), np.int64)
     hist = np.empty((n_workers, nh, N_LABEL_VALUES), np.int32)
     vote = np.empty((n_workers, N_LABEL_VALUES), np.int64)
-    for s in prange(n_slices):
-        t = numba.get_thread_id()
-        if lab is not None:
-            k = _scan_slice(hu[s], lab[s], thr, conn8, mb[t], runs[t], parent[t], cnt[t], peak[t], hsum[t],
-                            srow[t], scol[t], hist[t], vote[t])
-        else:
-            k = _scan_slice(hu[s], None, thr, conn8, mb[t], runs[t], parent[t], cnt[t], peak[t], hsum[t],
-                            srow[t], scol[t], hist[t], vote[t])
-        m = o_count[t]
-        for f in range(1, k + 1):
-            if cnt[t, f] * pixel_area >= min_area:
-                if m < cap:
-                    o_slice[t, m] = s
-                    o_n[t, m] = cnt[t, f]
-                    o_peak[t, m] = peak[t, f]
-                    o_sum[t, m] = hsum[t, f]
-                    o_sr[t, m] = srow[t, f]
-                    o_sc[t, m] = scol[t, f]
-                    if lab is not None:
-                        o_lab[t, m] = _majority(hist[t], f)
-                    else:
-                        o_lab[t, m] = 0
-                m += 1
+    for t in prange(n_workers):
+        m = 0
+        for s in range(t, n_slices, n_workers):
+            if lab is not None:
+                k = _scan_slice(hu[s], lab[s], thr, conn8, mb[t], runs[t], parent[t], cnt[t], peak[t],
+                                hsum[t], srow[t], scol[t], hist[t], vote[t])
+            else:
+                k = _scan_slice(hu[s], None, thr, conn8, mb[t], runs[t], parent[t], cnt[t], peak[t],
+                                hsum[t], srow[t], scol[t], hist[t], vote[t])
+            for f in range(1, k + 1):
+                if cnt[t, f] * pixel_area >= min_area:
+                    if m < cap:
+                        o_slice[t, m] = s
+                        o_n[t, m] = cnt[t, f]
+                        o_peak[t, m] = peak[t, f]
+                        o_sum[t, m] = hsum[t, f]
+                        o_sr[t, m] = srow[t, f]
+                        o_sc[t, m] = scol[t, f]
+                        if lab is not None:
+                            o_lab[t, m] = _majority(hist[t], f)
+                        else:
+                            o_lab[t, m] = 0
+                    m += 1
         o_count[t] = m
 
 
@@ -603,23 +603,21 @@ def volume_components(
         return ComponentTable.empty()
     threads = numba.get_num_threads() if n_threads is None else int(n_threads)
     threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
-    n_workers = numba.config.NUMBA_NUM_THREADS  # thread ids are < the pool size
-    cap = 64 * n_slices + 256
+    n_workers = min(threads, n_slices)
+    cap = 64 * -(-n_slices // n_workers) + 256  # kept components per worker, first guess
     with _PARALLEL_LOCK:
         old_threads = numba.get_num_threads()
         numba.set_num_threads(threads)
-        old_chunk = numba.set_parallel_chunksize(1)
         try:
             while True:
                 out = _alloc_outputs(n_workers, cap)
                 _volume_kernel(hu, lab, thr, conn8, float(pixel_area_mm2), float(min_area_mm2), n_workers,
                                cap, *out)
-                total = int(out[-1].sum())
-                if int(out[-1].max()) <= cap:
+                needed = int(out[-1].max())
+                if needed <= cap:
                     break
-                cap = total  # rare: more kept components than guessed; rerun with room for all
+                cap = needed  # rare: more kept components than guessed; rerun with the exact room
         finally:
-            numba.set_parallel_chunksize(old_chunk)
             numba.set_num_threads(old_threads)
     return _gather(out, n_workers)
 
