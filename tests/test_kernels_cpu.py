@@ -329,7 +329,8 @@ def test_thread_count_does_not_change_results() -> None:
 
 def test_gil_is_released_during_the_computation() -> None:
     """A Python thread keeps running while C++ works: the call must not hold the GIL."""
-    stored = np.random.default_rng(14).integers(0, 3000, (48, 512, 512)).astype(np.int16)
+    # one call, big enough (~0.1-0.3 s) that a held GIL would show as a long gap in the ticks
+    stored = np.random.default_rng(14).integers(0, 3000, (192, 512, 512)).astype(np.int16)
     cfg = PreprocessConfig(input_size=448)
     stamps: list[float] = []
     stop = threading.Event()
@@ -351,3 +352,5 @@ def test_gil_is_released_during_the_computation() -> None:
     assert t1 - t0 > 0.06, "the call was too short to tell"
     inside = [s for s in stamps if t0 + 0.02 < s < t1 - 0.02]
     assert len(inside) > 10, f"only {len(inside)} ticks of the Python thread during a {1e3 * (t1 - t0):.0f} ms call"
+    longest_gap = max(np.diff(inside)) if len(inside) > 1 else t1 - t0
+    assert longest_gap < 0.5 * (t1 - t0), f"the Python thread stalled {1e3 * longest_gap:.0f} ms during the call"
