@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cacstream.engine.commands.help_format import HelpFormatter
+
 NAME = "calibrate"
 HELP = "INT8 calibration sets (build, inspect, quantize, evaluate, compare) and scanner mass calibration"
 DESCRIPTION = (
@@ -44,7 +46,7 @@ def _weights_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="calibrate_command", metavar="ACTION")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     b = sub.add_parser(
         "build",

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from cacstream import __version__
+from cacstream.engine.commands.help_format import HelpFormatter
 
 #: Command modules, in the order ``--help`` lists them. Add a line when a command lands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cacstream",
         description="Coronary artery calcium scoring on CT series as they arrive.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cacstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
             module.NAME,
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

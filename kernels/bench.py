@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cacstream.engine.commands.help_format import HelpFormatter
+
 NAME = "kernels"
 HELP = "time the preprocessing kernels (C++, numpy reference, CUDA if present) against a plain copy"
 DESCRIPTION = __doc__
@@ -251,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cacstream bench kernels", description=DESCRIPTION,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

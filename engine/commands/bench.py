@@ -13,6 +13,8 @@ import importlib
 import sys
 from types import ModuleType
 
+from cacstream.engine.commands.help_format import HelpFormatter
+
 NAME = "bench"
 HELP = "speed benchmarks: agatston (Numba vs scipy vs cc3d), kernels, pipeline"
 DESCRIPTION = (
@@ -72,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             name,
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(p)
         p.set_defaults(_bench_run=module.run)
