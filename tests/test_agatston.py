@@ -228,6 +228,21 @@ def test_score_volume_equals_reference_lesion_by_lesion(case):
     assert_matches_reference(result, ref_lesions, ref_tot)
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(), threshold=st.sampled_from([130.0, 130.5, 129.25, 200.0]))
+def test_int16_hu_scores_exactly_like_the_same_values_in_float32(case, threshold):
+    """int16 HU (read_volume's exact fast path) take the kernels' integer route: same lesions, same totals."""
+    hu, labels, geo, cfg = case
+    cfg = dataclasses.replace(cfg, threshold_hu=threshold)
+    hu_int = np.rint(hu)
+    as_float = agatston.score_volume(hu_int.astype(np.float32), geo, labels, cfg)
+    as_int16 = agatston.score_volume(hu_int.astype(np.int16), geo, labels, cfg)
+    assert as_int16.lesions == as_float.lesions
+    assert as_int16.agatston_total == as_float.agatston_total
+    ref_lesions, ref_tot = reference(hu_int.astype(np.float32), labels, geo, cfg)
+    assert_matches_reference(as_int16, ref_lesions, ref_tot)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases())
 def test_slice_lesions_equal_score_volume(case):

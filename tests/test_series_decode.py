@@ -64,6 +64,16 @@ def test_hu_round_trip_signed_unsigned_and_bits_stored(tmp_path, dtype, intercep
     assert s.first.bits_stored == expect_bits
     for threads in (1, 2):
         np.testing.assert_array_equal(read_volume(s, threads=threads).hu, hu)
+    # int16 HU only when exact for every stored value the header allows (slope 1, range inside int16)
+    lo, hi = ((-(1 << (expect_bits - 1)), (1 << (expect_bits - 1)) - 1) if dtype == "int16"
+              else (0, (1 << expect_bits) - 1))
+    exact = slope == 1.0 and -32768 <= lo + intercept and hi + intercept <= 32767
+    auto = read_volume(s, hu_dtype="auto")
+    assert auto.hu.dtype == (np.int16 if exact else np.float32)
+    np.testing.assert_array_equal(auto.hu.astype(np.float32), hu)
+    if not exact:
+        with pytest.raises(ValueError, match="not exact integers within int16"):
+            read_volume(s, hu_dtype="int16")
     # decode_stored returns the file's dtype, equal to pydicom's own decode
     ds = pydicom.dcmread(s.first.path)
     st = decode_stored(s.first)

@@ -493,11 +493,18 @@ def _check_connectivity(connectivity: int) -> bool:
     return connectivity == 8
 
 
-def _as_hu(hu: np.ndarray, ndim: int) -> np.ndarray:
-    """HU as a C-contiguous float32/float64 array (integers are exact in float32 below 2**24)."""
+def _as_hu(hu: np.ndarray, ndim: int, threshold_hu: float) -> tuple[np.ndarray, np.number]:
+    """HU as a C-contiguous array the kernels take, and the threshold in its dtype (see threshold_for).
+
+    float32/float64 pass through; int16 HU (exact CT HU when RescaleSlope is 1 and the intercept an
+    integer: half the bytes of float32, so half the memory traffic) passes through when the threshold is
+    inside its range; other numeric dtypes become float32 (exact below 2**24) or float64.
+    """
     hu = np.asarray(hu)
     if hu.ndim != ndim:
         raise ValueError(f"HU array must be {ndim}D, got shape {hu.shape}")
+    if hu.dtype == np.int16 and _int_threshold(threshold_hu, np.int16) is not None:
+        return np.ascontiguousarray(hu), _int_threshold(threshold_hu, np.int16)
     if hu.dtype not in (np.float32, np.float64):
         if not (np.issubdtype(hu.dtype, np.integer) or hu.dtype == np.float16):
             raise ValueError(f"HU array must be numeric, got dtype {hu.dtype}")
@@ -505,14 +512,24 @@ def _as_hu(hu: np.ndarray, ndim: int) -> np.ndarray:
             hu = hu.astype(np.float64)
         else:
             hu = hu.astype(np.float32)
-    return np.ascontiguousarray(hu)
+    return np.ascontiguousarray(hu), threshold_for(hu.dtype, threshold_hu)
+
+
+def _int_threshold(threshold_hu: float, dtype: type[np.integer]) -> np.integer | None:
+    """For integer HU, ``v >= ceil(threshold)`` equals ``float64(v) >= threshold``; None when out of range."""
+    thr = float(threshold_hu)
+    if not np.isfinite(thr):
+        raise ValueError(f"threshold must be a finite HU value, got {threshold_hu!r}")
+    t = int(np.ceil(thr))
+    info = np.iinfo(dtype)
+    return dtype(t) if info.min <= t <= info.max else None
 
 
 def threshold_for(dtype: np.dtype, threshold_hu: float) -> np.floating:
     """The threshold in the HU array's own dtype such that ``v >= t`` equals ``float64(v) >= threshold``.
 
     For float32 HU that is the smallest float32 not below the threshold, so the kernels compare in
-    float32 (no conversion per pixel) with exactly the float64 semantics.
+    float32 (no conversion per pixel) with exactly the float64 semantics. (Integer HU: see _int_threshold.)
     """
     thr = float(threshold_hu)
     if not np.isfinite(thr):
@@ -574,9 +591,9 @@ def slice_components(
     Serial and GIL-free: safe to call from several threads at once (the streaming engine does).
     """
     conn8 = _check_connectivity(connectivity)
-    hu = _as_hu(hu2d, 2)
+    hu, thr = _as_hu(hu2d, 2, threshold_hu)
     lab = _as_labels(labels2d, hu.shape)
-    n, peak, hsum, sr, sc, maj = _slice_kernel(hu, lab, threshold_for(hu.dtype, threshold_hu), conn8,
+    n, peak, hsum, sr, sc, maj = _slice_kernel(hu, lab, thr, conn8,
                                                float(pixel_area_mm2), float(min_area_mm2))
     return ComponentTable(np.full(n.shape[0], slice_index, np.int32), n, peak, hsum, sr, sc, maj)
 
@@ -595,9 +612,8 @@ def volume_components(
     ``n_threads``: Numba threads to use (default: all of Numba's threads).
     """
     conn8 = _check_connectivity(connectivity)
-    hu = _as_hu(hu, 3)
+    hu, thr = _as_hu(hu, 3, threshold_hu)
     lab = _as_labels(labels, hu.shape)
-    thr = threshold_for(hu.dtype, threshold_hu)
     n_slices = hu.shape[0]
     if n_slices == 0 or hu.shape[1] == 0 or hu.shape[2] == 0:
         return ComponentTable.empty()
@@ -642,8 +658,8 @@ def _gather(out: tuple[np.ndarray, ...], n_workers: int) -> ComponentTable:
 
 
 def warmup() -> float:
-    """Compile (or load from Numba's on-disk cache) the kernels the engine uses: float32 HU (what
-    ``read_volume`` returns), with and without labels. Other dtypes (float64) compile on first use.
+    """Compile (or load from Numba's on-disk cache) the kernels the engine uses: float32 and int16 HU
+    (what ``read_volume`` returns), with and without labels. Other dtypes (float64) compile on first use.
 
     Returns the seconds it took, so that benchmarks report first-call compilation separately.
     """
@@ -651,9 +667,10 @@ def warmup() -> float:
     rng = np.random.default_rng(0)
     hu = (rng.random((2, 5, 6)) * 400).astype(np.float32)
     lab = rng.integers(0, N_LABEL_VALUES, size=hu.shape).astype(np.uint8)
-    volume_components(hu, None, 130.0, 8, 1.0, 0.0)
-    volume_components(hu, lab, 130.0, 8, 1.0, 0.0)
-    slice_components(hu[0], None, 130.0, 8, 1.0, 0.0)
-    slice_components(hu[0], lab[0], 130.0, 8, 1.0, 0.0)
+    for h in (hu, np.rint(hu).astype(np.int16)):  # float32 and exact-integer int16 HU (read_volume)
+        volume_components(h, None, 130.0, 8, 1.0, 0.0)
+        volume_components(h, lab, 130.0, 8, 1.0, 0.0)
+        slice_components(h[0], None, 130.0, 8, 1.0, 0.0)
+        slice_components(h[0], lab[0], 130.0, 8, 1.0, 0.0)
     label_slice(np.ones((3, 3), bool), 8)
     return time.perf_counter() - t0

@@ -134,7 +134,11 @@ class RejectedSeries:
 
 @dataclass
 class Volume:
-    """A decoded series: HU as float32 (slices, rows, columns) plus its series and geometry."""
+    """A decoded series: HU (slices, rows, columns) plus its series and geometry.
+
+    ``hu`` is float32 by default; ``read_volume(..., hu_dtype="auto")`` gives int16 when that is exact
+    (the same values in half the memory). Consumers that do arithmetic on HU should cast first.
+    """
 
     series: Series
     hu: np.ndarray
