@@ -147,7 +147,7 @@ def test_classifier_learns_and_sets_a_sensitive_threshold(classifier_run: Path) 
     assert 0.0 < m["threshold"] < 1.0
     assert m["val"]["sensitivity"] >= 0.98  # the operating point is chosen for it on validation
     assert m["pos_weight"] == pytest.approx(run["train_slices"]["negative"] / run["train_slices"]["positive"])
-    assert run["feature"] == {"mode": "cls", "n_last_blocks": 1, "avgpool": False}
+    assert run["feature"] == {"mode": "cls", "n_last_blocks": 1, "avgpool": False, "maxpool": False}
 
 
 def test_unet_learns(unet_run: Path) -> None:
@@ -195,3 +195,23 @@ def test_export_matches_pytorch_and_serves(work: Path, classifier_run: Path, une
     sess = ort.InferenceSession(str(bundle.segmenter.onnx_path), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"slices": xs.numpy()})[0], seg, atol=1e-4)
     print("trainer timings (s):", json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
+
+
+def test_segmentation_loss_ignores_non_candidates_exactly() -> None:
+    """The loss with the top half of every target ignored equals the loss of the bottom half alone;
+    an all-ignored batch gives a zero loss that still back-propagates."""
+    from cacstream.training.datasets.slices import IGNORE_INDEX
+    from cacstream.training.unet_trainer import segmentation_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 8, 8, generator=g, requires_grad=True)
+    y = torch.randint(0, 5, (2, 8, 8), generator=g)
+    w = torch.tensor([1.0, 3.0, 2.0, 2.0, 2.0])
+    masked = y.clone()
+    masked[:, :4] = IGNORE_INDEX
+    part, _ = segmentation_loss(logits, masked, w)
+    ref, _ = segmentation_loss(logits[:, :, 4:], y[:, 4:], w)
+    assert float(part.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
+    zero, parts = segmentation_loss(logits, torch.full_like(y, IGNORE_INDEX), w)
+    zero.backward()
+    assert float(zero.detach()) == 0.0 and parts == {"ce": 0.0, "dice_loss": 0.0}

@@ -221,3 +221,37 @@ def test_coca_source_reads_gated_patients_with_labels(coca_root: Path) -> None:
     assert case.patient_id == f"coca-gated-{pid}" and case.labels is not None
     assert case.hu.shape == case.labels.shape and case.calcified_slices().any()
     assert case.pixel_spacing_mm[0] > 0
+
+
+def test_segmentation_targets_only_on_calcium_candidates() -> None:
+    """loss_on_candidates: pixels below 130 HU carry IGNORE_INDEX, the others keep their label."""
+    from cacstream.training.datasets.slices import IGNORE_INDEX, window_input_value
+
+    cases = [make_case(s, size=64, slices=10) for s in range(2)]
+    refs = select_slices(cases, DataConfig())
+    pos = [r for r in refs if r.calcified]
+    pre = PreprocessConfig(input_size=64, normalisation="window", window_hu=(-300.0, 1200.0))
+    ds = SegmentationSliceDataset(cases, pos, [], pre, train=False, ignore_below_hu=130.0)
+    for i, r in enumerate(pos):
+        _, y = ds[i]
+        hu, lab = cases[r.case].hu[r.z], cases[r.case].labels[r.z]
+        expect = np.where(hu >= 130.0, lab.astype(np.int64), IGNORE_INDEX)
+        np.testing.assert_array_equal(y.numpy(), expect)
+    assert window_input_value(130.0, pre) == pytest.approx((130 + 300) / 1500 * 2 - 1)
+    with pytest.raises(ValueError, match="window"):
+        window_input_value(130.0, PreprocessConfig())
+
+
+def test_patch_targets_mark_the_patch_holding_calcium() -> None:
+    """Per-patch guidance targets: a 512² slice on a 14x14 grid (patch side 512/14 ≈ 36.6 px); one
+    calcium pixel at (100, 300) lies in patch row 100 // 36.6 = 2, column 300 // 36.6 = 8."""
+    case = make_case(0, size=512, slices=1)
+    case.labels[0] = 0
+    case.labels[0, 100, 300] = 2
+    refs = select_slices([case], DataConfig())
+    ds = ClassifierSliceDataset([case], refs, PreprocessConfig(input_size=224), patch_grid=14)
+    x, y, p = ds[0]
+    assert x.shape == (1, 224, 224) and p.shape == (196,)
+    assert p.sum() == 1.0 and p.reshape(14, 14)[2, 8] == 1.0
+    with pytest.raises(ValueError, match="augment"):
+        ClassifierSliceDataset([case], refs, PreprocessConfig(input_size=224), augment=True, patch_grid=14)

@@ -13,6 +13,7 @@ cached, so each epoch costs one pass of a linear layer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -25,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.checkpoint import (
-    has_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -40,7 +40,13 @@ from cacstream.training.datasets.slices import ClassifierSliceDataset, select_sl
 from cacstream.training.datasets.splits import Split
 from cacstream.training.metrics import binary_metrics, roc_auc, threshold_for_sensitivity
 from cacstream.training.metrics_log import MetricsLog
-from cacstream.training.models.classifier import FeatureSpec, LinearHead, SliceFilter, extract_features
+from cacstream.training.models.classifier import (
+    FeatureSpec,
+    LinearHead,
+    SliceFilter,
+    extract_features,
+    features_and_patch_tokens,
+)
 from cacstream.training.models.registry import create_model
 from cacstream.training.models.vit import VisionTransformer
 from cacstream.training.runtime import (
@@ -49,14 +55,14 @@ from cacstream.training.runtime import (
     SPLIT_FILE,
     TrainResult,
     autocast,
+    begin_run,
     data_summary,
     epoch_seed,
     is_main,
     load_data,
     progress,
-    runtime_scope,
+    run_stage,
     write_json,
-    write_run_config,
 )
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -133,6 +139,28 @@ def compute_features(
     )
 
 
+def _clone(model: torch.nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def feature_stats(feats: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and std (floored at ``eps``) of the training features."""
+    return feats.mean(dim=0), feats.std(dim=0).clamp_min(eps)
+
+
+def standardize(feats: Tensor, stats: tuple[Tensor, Tensor]) -> Tensor:
+    return (feats - stats[0]) / stats[1]
+
+
+@torch.no_grad()
+def fold_standardization(head: LinearHead, stats: tuple[Tensor, Tensor]) -> None:
+    """Make ``head`` read raw features: w·(f − μ)/σ + b = (w/σ)·f + (b − (w/σ)·μ)."""
+    mean, std = (t.to(head.linear.weight.device) for t in stats)
+    w = head.linear.weight / std
+    head.linear.bias.sub_((w * mean).sum(dim=1))
+    head.linear.weight.copy_(w)
+
+
 def _evaluate(
     head: LinearHead, feats: Tensor, targets: Tensor, pos_weight: float, device: torch.device
 ) -> dict[str, float]:
@@ -178,16 +206,9 @@ def train_classifier(
     command: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train (or resume) the linear slice classifier into ``run_dir``."""
-    with runtime_scope(cfg.runtime) as device:
-        return _train_classifier(
-            cfg,
-            Path(run_dir),
-            device,
-            resume=resume,
-            stop_after_epochs=stop_after_epochs,
-            quiet=quiet,
-            command=command,
-        )
+    return run_stage(
+        _train_classifier, cfg, run_dir, resume=resume, stop_after_epochs=stop_after_epochs, quiet=quiet, command=command
+    )
 
 
 def _train_classifier(
@@ -200,19 +221,18 @@ def _train_classifier(
     quiet: bool,
     command: Sequence[str] | None,
 ) -> TrainResult:
-    if resume and not has_checkpoint(run_dir):
-        raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
-    if not resume and has_checkpoint(run_dir):
-        raise FileExistsError(f"{run_dir}: holds a checkpoint already; pass --resume or choose another --out")
-    if is_main():
-        write_run_config(run_dir, "classifier", cfg, command, resume)
+    begin_run(run_dir, "classifier", cfg, command, resume)
     seed = cfg.runtime.seed
     torch.manual_seed(seed)
     backbone, preprocess, dino_rec = load_backbone_run(Path(cfg.backbone))
+    if cfg.input_window_hu:  # the fine-tuned filter reads a fixed HU window (recorded in config.json)
+        lo, hi = (float(v) for v in cfg.input_window_hu)
+        preprocess = dataclasses.replace(preprocess, normalisation="window", window_hu=(lo, hi))
     backbone = backbone.to(device).eval()
+    finetune = cfg.finetune
     for p in backbone.parameters():
-        p.requires_grad = False
-    spec = FeatureSpec(cfg.feature_mode, cfg.n_last_blocks, cfg.avgpool)
+        p.requires_grad = finetune
+    spec = FeatureSpec(cfg.feature_mode, cfg.n_last_blocks, cfg.avgpool, cfg.maxpool)
 
     loaded = load_data(cfg.data, run_dir, quiet)
     overlap = _split_overlap(Path(cfg.backbone), loaded.split)
@@ -231,6 +251,7 @@ def _train_classifier(
             augment=(cfg.augment and name == "train"),
             crop_scale=(cfg.crop_scale[0], cfg.crop_scale[1]),
             seed=seed,
+            patch_grid=backbone.patch_embed.grid_size if (name == "train" and cfg.patch_loss_weight > 0) else 0,
         )
     y_train = sets["train"].targets()
     n_pos, n_neg = int(y_train.sum()), int(len(y_train) - y_train.sum())
@@ -245,16 +266,27 @@ def _train_classifier(
     pos_weight = cfg.pos_weight or n_neg / n_pos
 
     head = LinearHead(spec.dim(backbone.embed_dim)).to(device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    mlog = MetricsLog(run_dir, f"linear slice classifier on {dino_rec['arch']} ({spec.mode})")
+    groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": cfg.lr}]
+    patch_head = torch.nn.Linear(backbone.embed_dim, 1).to(device) if cfg.patch_loss_weight > 0 else None
+    if patch_head is not None:  # training-time guidance only: never exported
+        groups.append({"params": list(patch_head.parameters()), "lr": cfg.lr})
+    if finetune:
+        groups.append({"params": list(backbone.parameters()), "lr": cfg.backbone_lr})
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    what = "fine-tuned" if finetune else "linear"
+    mlog = MetricsLog(run_dir, f"{what} slice classifier on {dino_rec['arch']} ({spec.mode})")
     start_epoch, best_f1, bad_epochs, stopped_early = 0, -1.0, 0, False
     best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    best_backbone = _clone(backbone) if finetune else {}
     if resume:
         tensors, meta = load_checkpoint(run_dir)
         if meta.get("stage") != "classifier":
             raise ValueError(f"{run_dir}: checkpoint is for stage {meta.get('stage')!r}, not classifier")
         head.load_state_dict(unprefixed("head", tensors))
         best_state = unprefixed("best_head", tensors)
+        if finetune:
+            backbone.load_state_dict(unprefixed("backbone", tensors))
+            best_backbone = unprefixed("best_backbone", tensors)
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
         rng_from_tensors(tensors, meta.get("rng", {}))
         start_epoch, best_f1 = int(meta["epoch"]), float(meta["best_f1"])
@@ -265,11 +297,17 @@ def _train_classifier(
     with progress(quiet) as bar:
         cache: dict[str, tuple[Tensor, Tensor]] = {}
         for name in ("train", "val", "test"):
-            if name == "train" and cfg.augment:
+            if name == "train" and (cfg.augment or finetune):
                 continue
+            if finetune and name == "test":
+                continue  # computed with the final backbone at the end
             cache[name] = compute_features(
                 backbone, sets[name], spec, device, cfg.runtime.precision, cfg.batch_size, bar, name
             )
+        raw = dict(cache)
+        stats = feature_stats(cache["train"][0]) if cfg.standardize else None
+        if stats is not None:
+            cache = {k: (standardize(f, stats), y) for k, (f, y) in cache.items()}
         ep_task = bar.add_task("classifier epochs", total=cfg.epochs, completed=start_epoch, info="")
         for epoch in range(start_epoch, cfg.epochs):
             if stopped_early:
@@ -283,34 +321,54 @@ def _train_classifier(
             g.manual_seed(epoch_seed(seed, epoch) + 5)
             order = torch.randperm(len(sets["train"]), generator=g)
             head.train()
+            if finetune:
+                backbone.train()
             losses = []
             if cfg.augment:
                 sets["train"].set_epoch(epoch)
+            it_task = bar.add_task(f"epoch {epoch + 1}", total=len(order), info="") if finetune else None
             for s in range(0, len(order), cfg.batch_size):
                 idx = order[s : s + cfg.batch_size]
-                if cfg.augment:
+                if cfg.augment or finetune:
                     items = [sets["train"][int(i)] for i in idx]
-                    x = torch.stack([a for a, _ in items]).to(device)
-                    y = torch.stack([b for _, b in items]).to(device)
-                    with torch.no_grad(), autocast(device, cfg.runtime.precision):
-                        f = extract_features(backbone, x, spec).float()
+                    x = torch.stack([it_[0] for it_ in items]).to(device)
+                    y = torch.stack([it_[1] for it_ in items]).to(device)
+                    with torch.set_grad_enabled(finetune), autocast(device, cfg.runtime.precision):
+                        f, patches = features_and_patch_tokens(backbone, x, spec)
+                        f = f.float()
+                    if it_task is not None:
+                        bar.update(it_task, advance=len(idx))
                 else:
                     f, y = cache["train"][0][idx].to(device), cache["train"][1][idx].to(device)
                 logits = head(f)
                 loss = F.binary_cross_entropy_with_logits(
                     logits, y, pos_weight=torch.tensor(pos_weight, device=device)
                 )
+                if patch_head is not None:
+                    pt = torch.stack([it_[2] for it_ in items]).to(device)
+                    loss = loss + cfg.patch_loss_weight * F.binary_cross_entropy_with_logits(
+                        patch_head(patches.float()).squeeze(-1), pt,
+                        pos_weight=torch.tensor(cfg.patch_pos_weight, device=device),
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 it += 1
             ran += 1
+            if it_task is not None:
+                bar.remove_task(it_task)
+            if finetune:  # the features moved with the backbone
+                cache["val"] = compute_features(
+                    backbone, sets["val"], spec, device, cfg.runtime.precision, cfg.batch_size, bar, "val"
+                )
             val = _evaluate(head, *cache["val"], pos_weight, device)
             f1 = val["f1"] if np.isfinite(val["f1"]) else 0.0
             if f1 > best_f1:
                 best_f1, bad_epochs = f1, 0
                 best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                if finetune:
+                    best_backbone = _clone(backbone)
             else:
                 bad_epochs += 1
                 stopped_early = bad_epochs >= cfg.patience
@@ -326,7 +384,19 @@ def _train_classifier(
             }
             if is_main():
                 mlog.append(record)
-                _save(run_dir, epoch + 1, head, best_state, optimizer, best_f1, bad_epochs, stopped_early)
+                _save(
+                    run_dir,
+                    epoch + 1,
+                    head,
+                    best_state,
+                    optimizer,
+                    best_f1,
+                    bad_epochs,
+                    stopped_early,
+                    {**prefixed("backbone", backbone.state_dict()), **prefixed("best_backbone", best_backbone)}
+                    if finetune
+                    else {},
+                )
             bar.update(ep_task, advance=1, info=f"val F1 {val['f1']:.3f}")
 
         if is_main():
@@ -335,6 +405,16 @@ def _train_classifier(
         if status != "finished":
             return result
         head.load_state_dict(best_state)
+        if stats is not None:
+            fold_standardization(head, stats)
+        cache = raw  # from here on the head reads raw features, as served
+        if finetune:
+            backbone.load_state_dict(best_backbone)
+            backbone.eval()
+            for name in ("val", "test"):
+                cache[name] = compute_features(
+                    backbone, sets[name], spec, device, cfg.runtime.precision, cfg.batch_size, bar, name
+                )
         val_probs = _probs(head, cache["val"][0], device)
         val_t = cache["val"][1].numpy()
         threshold = threshold_for_sensitivity(val_probs, val_t, cfg.target_sensitivity)
@@ -342,6 +422,8 @@ def _train_classifier(
         if not np.isfinite(threshold):
             threshold, threshold_rule = 0.5, "0.5 (the validation split has no calcified slice)"
         summary: dict[str, Any] = {
+            "standardized_then_folded": stats is not None,
+            "finetuned_backbone": finetune,
             "threshold": threshold,
             "threshold_rule": threshold_rule,
             "pos_weight": pos_weight,
@@ -376,6 +458,11 @@ def _train_classifier(
                 "preprocess": preprocess.to_dict(),
                 "weights": MODEL_FILE,
                 "augment": cfg.augment,
+                "finetune": (
+                    {"backbone_lr": cfg.backbone_lr, "head_lr": cfg.lr, "epochs_run": len(mlog.records)}
+                    if finetune
+                    else None
+                ),
                 "dino": {
                     k: dino_rec.get(k)
                     for k in ("multicrop", "epochs", "iterations", "data", "metrics", "command")
@@ -400,8 +487,9 @@ def _save(
     best_f1: float,
     bad_epochs: int,
     stopped_early: bool,
+    extra: dict[str, Tensor] | None = None,
 ) -> None:
-    tensors = {**prefixed("head", head.state_dict()), **prefixed("best_head", best)}
+    tensors = {**prefixed("head", head.state_dict()), **prefixed("best_head", best), **(extra or {})}
     opt_t, opt_meta = optimizer_to_tensors(optimizer)
     rng_t, rng_meta = rng_to_tensors()
     tensors.update(opt_t)

@@ -254,6 +254,39 @@ class ClassifierConfig:
     )
     n_last_blocks: int = _f(1, "blocks concatenated for feature_mode last_blocks (DINO: 4 for ViT-S).")
     avgpool: bool = _f(False, "last_blocks: also append the mean patch token of the last block.")
+    maxpool: bool = _f(
+        False,
+        "append the channel-wise max over patch tokens of each block read (not in the paper: a "
+        "lesion is 1-2 of 196 patches, which averaging dilutes and the max keeps; recommended on CPU "
+        "budgets where the [CLS] token alone is too weak).",
+    )
+    finetune: bool = _f(
+        False,
+        "also train the backbone (not in the paper, whose backbone stays frozen): the DINO-LG weights "
+        "become the initialisation of a supervised slice filter. Costs a backbone forward+backward per "
+        "slice per epoch; use when the frozen features cannot reach the target sensitivity/specificity.",
+    )
+    backbone_lr: float = _f(5e-5, "finetune: Adam learning rate of the backbone (the head uses lr).")
+    patch_loss_weight: float = _f(
+        0.0,
+        "finetune only: weight of an auxiliary per-patch loss, a linear layer on every last-block patch "
+        "token predicting 'this patch holds labelled calcium' (label guidance at patch level: 196 "
+        "targets per slice instead of one). Not served. 1.0 is recommended when the DINO-LG budget is "
+        "small; 0 = the slice loss alone.",
+    )
+    patch_pos_weight: float = _f(20.0, "BCE positive weight of the per-patch loss (~1-3 of 196 patches hold calcium).")
+    input_window_hu: list[float] = _f(
+        [],
+        "finetune only: serve and train the filter on a fixed HU window [low, high] instead of the "
+        "backbone's per-slice min-max (a window such as [-200, 800] gives 130-400 HU calcium ~5x the "
+        "input contrast that min-max over air..bone leaves it). Empty = the backbone's preprocessing.",
+    )
+    standardize: bool = _f(
+        False,
+        "train the linear layer on features standardised with the training split's mean / std, then "
+        "fold both into the layer's weight and bias (the served model is still one linear layer on the "
+        "raw features); makes Adam's step size fit concatenated read-outs of different scales.",
+    )
     epochs: int = _f(10, "maximum epochs (paper: 10).")
     batch_size: int = _f(64, "slices per step (paper: 64).")
     lr: float = _f(1e-4, "Adam learning rate (paper: 1e-4).")
@@ -320,6 +353,13 @@ class UNetConfig:
         [],
         "per-class CE weights [bg, LM, LAD, LCX, RCA]; empty = from "
         "training-set pixel frequencies, (f_bg / f_c)^0.5 capped at 100.",
+    )
+    loss_on_candidates: bool = _f(
+        False,
+        "compute the loss (and validation Dice) only on calcium candidates, pixels >= "
+        "preprocess.calcium_threshold_hu (needs a 'window' preprocess). Scoring only ever reads the "
+        "labels there (lesion = HU >= 130 inside the artery labels), so the other ~99 % of pixels only "
+        "dilute the gradient; recommended on small budgets (not in the paper).",
     )
     hflip_p: float = _f(0.0, "horizontal flip probability; keep 0: artery identity depends on left/right.")
     intensity_jitter: float = _f(0.1, "brightness/contrast factor range ±x on training patches.")
@@ -532,6 +572,13 @@ def validate_config(cfg: Any) -> list[str]:
             p.append("backbone (a `cacstream train dino` run folder) is required")
         if cfg.feature_mode != "last_blocks" and cfg.n_last_blocks != 1:
             p.append("n_last_blocks only applies to feature_mode 'last_blocks'")
+        if cfg.patch_loss_weight < 0 or (cfg.patch_loss_weight > 0 and (not cfg.finetune or cfg.augment)):
+            p.append("patch_loss_weight needs finetune = true and augment = false (and must be >= 0)")
+        if cfg.input_window_hu and (not cfg.finetune or len(cfg.input_window_hu) != 2
+                                    or cfg.input_window_hu[1] <= cfg.input_window_hu[0]):
+            p.append("input_window_hu needs finetune = true and two values [low, high] with high > low")
+        if cfg.standardize and (cfg.augment or cfg.finetune):
+            p.append("standardize needs cached frozen features (augment = false, finetune = false)")
         frac("target_sensitivity", cfg.target_sensitivity)
         pair("crop_scale", cfg.crop_scale, 0.01, 1.0)
         if cfg.pos_weight < 0:
@@ -551,6 +598,8 @@ def validate_config(cfg: Any) -> list[str]:
             p.append("epochs and batch_size must be >= 1")
         if cfg.warmup_epochs > cfg.epochs:
             p.append(f"warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
+        if cfg.loss_on_candidates and cfg.preprocess.normalisation != "window":
+            p.append("loss_on_candidates needs preprocess.normalisation = 'window' (a fixed HU -> input map)")
     return p
 
 

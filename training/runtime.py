@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,26 @@ def write_run_config(
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     )
+
+
+def begin_run(run_dir: Path, stage: str, cfg: Any, command: Sequence[str] | None, resume: bool) -> None:
+    """Every trainer starts here: never clobber a run folder's checkpoint, never "resume" from nothing,
+    and record (or, on resume, check) the stage config."""
+    from cacstream.training.checkpoint import has_checkpoint
+
+    if resume and not has_checkpoint(run_dir):
+        raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
+    if not resume and has_checkpoint(run_dir):
+        raise FileExistsError(f"{run_dir}: holds a checkpoint already; pass --resume or choose another --out")
+    if is_main():
+        write_run_config(run_dir, stage, cfg, command, resume)
+
+
+def run_stage(body: Callable[..., "TrainResult"], cfg: Any, run_dir: Path, **options: Any) -> "TrainResult":
+    """Run a trainer's ``body(cfg, run_dir, device, **options)`` inside its runtime scope (threads,
+    device, process group), so every stage sets up and tears down the same way."""
+    with runtime_scope(cfg.runtime) as device:
+        return body(cfg, Path(run_dir), device, **options)
 
 
 def iterate(loader: Any) -> Iterator[Any]:

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from cacstream.engine.domain import ARTERIES, NUM_SEG_CLASSES
 from cacstream.training.checkpoint import (
-    has_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -36,7 +35,7 @@ from cacstream.training.checkpoint import (
 )
 from cacstream.training.config import UNetConfig
 from cacstream.training.datasets.preprocess import resize_labels
-from cacstream.training.datasets.slices import SegmentationSliceDataset, SliceRef, select_slices
+from cacstream.training.datasets.slices import IGNORE_INDEX, SegmentationSliceDataset, SliceRef, select_slices
 from cacstream.training.dino.schedules import cosine_scheduler
 from cacstream.training.metrics import dice_per_class
 from cacstream.training.metrics_log import MetricsLog
@@ -47,14 +46,14 @@ from cacstream.training.runtime import (
     RUN_RECORD_FILE,
     TrainResult,
     autocast,
+    begin_run,
     data_summary,
     epoch_seed,
     is_main,
     load_data,
     progress,
-    runtime_scope,
+    run_stage,
     write_json,
-    write_run_config,
 )
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -71,11 +70,19 @@ def segmentation_loss(
     dice_weight: float = 1.0,
     eps: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Weighted cross-entropy + (1 − mean soft Dice over artery classes present in ``target``)."""
+    """Weighted cross-entropy + (1 − mean soft Dice over artery classes present in ``target``).
+
+    Pixels whose target is ``IGNORE_INDEX`` (``loss_on_candidates``: below the calcium threshold)
+    take part in neither term."""
     logits = logits.float()
-    ce = F.cross_entropy(logits, target, weight=ce_weights)
-    probs = logits.softmax(dim=1)[:, 1:]
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+    valid = target != IGNORE_INDEX
+    if not bool(valid.any()):
+        zero = logits.sum() * 0.0  # keeps the graph; nothing to learn from this batch
+        return zero, {"ce": 0.0, "dice_loss": 0.0}
+    ce = F.cross_entropy(logits, target, weight=ce_weights, ignore_index=IGNORE_INDEX)
+    keep = valid.unsqueeze(1).to(logits.dtype)
+    probs = logits.softmax(dim=1)[:, 1:] * keep
+    onehot = F.one_hot(target.clamp_min(0), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype) * keep
     support = onehot.sum(dim=(0, 2, 3))
     present = support > 0
     if bool(present.any()):
@@ -93,6 +100,11 @@ def class_frequencies(dataset: SegmentationSliceDataset, refs: Sequence[SliceRef
     """Pixel count per class over ``refs`` at the model's input size."""
     counts = np.zeros(NUM_SEG_CLASSES, dtype=np.float64)
     size = dataset.preprocess.input_size
+    if dataset.ignore_below_hu is not None:  # candidates only: the classes the loss actually sees
+        for r in refs:
+            y = dataset.full_slice(r)[1].numpy()
+            counts += np.bincount(y[y >= 0].ravel(), minlength=NUM_SEG_CLASSES)[:NUM_SEG_CLASSES]
+        return counts
     for r in refs:
         lab = dataset.cases[r.case].labels
         if lab is None:
@@ -129,8 +141,10 @@ def evaluate_segmenter(
             logits = model(x)
         loss, _ = segmentation_loss(logits, y, ce_weights, cfg.ce_weight, cfg.dice_weight)
         losses.append(float(loss) * len(y))
-        pred = logits.argmax(dim=1).cpu().numpy()
-        for c, d in dice_per_class(pred, y.cpu().numpy(), NUM_SEG_CLASSES).items():
+        pred, ref = logits.argmax(dim=1).cpu().numpy(), y.cpu().numpy()
+        ignored = ref == IGNORE_INDEX  # loss_on_candidates: Dice over the pixels scoring reads
+        pred[ignored], ref[ignored] = 0, 0
+        for c, d in dice_per_class(pred, ref, NUM_SEG_CLASSES).items():
             for k in ("tp", "fp", "fn"):
                 counts[c][k] += int(d[k])
     out: dict[str, Any] = {"loss": sum(losses) / max(len(dataset), 1)}
@@ -169,16 +183,9 @@ def train_unet(
     command: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train (or resume) the per-artery U-Net into ``run_dir``."""
-    with runtime_scope(cfg.runtime) as device:
-        return _train_unet(
-            cfg,
-            Path(run_dir),
-            device,
-            resume=resume,
-            stop_after_epochs=stop_after_epochs,
-            quiet=quiet,
-            command=command,
-        )
+    return run_stage(
+        _train_unet, cfg, run_dir, resume=resume, stop_after_epochs=stop_after_epochs, quiet=quiet, command=command
+    )
 
 
 def _train_unet(
@@ -191,12 +198,7 @@ def _train_unet(
     quiet: bool,
     command: Sequence[str] | None,
 ) -> TrainResult:
-    if resume and not has_checkpoint(run_dir):
-        raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
-    if not resume and has_checkpoint(run_dir):
-        raise FileExistsError(f"{run_dir}: holds a checkpoint already; pass --resume or choose another --out")
-    if is_main():
-        write_run_config(run_dir, "unet", cfg, command, resume)
+    begin_run(run_dir, "unet", cfg, command, resume)
     seed = cfg.runtime.seed
     torch.manual_seed(seed)
     model = build_unet(cfg).to(device)
@@ -220,6 +222,7 @@ def _train_unet(
             intensity_jitter=cfg.intensity_jitter if name == "train" else 0.0,
             seed=seed,
             train=(name == "train"),
+            ignore_below_hu=cfg.preprocess.calcium_threshold_hu if cfg.loss_on_candidates else None,
         )
     train_set = sets["train"]
     if not train_set.positives:

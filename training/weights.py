@@ -14,7 +14,6 @@ validates everything it reads; every problem is a :class:`WeightsError` naming t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import torch
 from cacstream.engine.domain import ARTERIES, NUM_SEG_CLASSES
+from cacstream.engine.inference.weights_spec import WEIGHTS_FORMAT, WeightsFolderError
+from cacstream.engine.inference.weights_spec import read_config as read_engine_config
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.models.classifier import FeatureSpec, LinearHead, SliceFilter
 from cacstream.training.models.registry import create_model, model_entry
@@ -30,7 +31,7 @@ from cacstream.training.models.vit import VisionTransformer
 from torch import nn
 
 CONFIG_FILE = "config.json"
-FORMAT = "cacstream-weights/1"
+FORMAT = WEIGHTS_FORMAT  # one format string, owned by the engine's reader
 FILTER_KEY, SEGMENTER_KEY = "slice_filter", "segmenter"
 SEGMENTER_CLASSES = ("background",) + ARTERIES
 
@@ -164,18 +165,12 @@ def build_segmenter(cfg: dict[str, Any], where: str) -> UNet:
 
 
 def read_config(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise WeightsError(f"{path}: not found (a weights folder holds config.json + *.safetensors)")
+    """The weights folder's ``config.json``, read and checked by the engine's one reader
+    (``engine/inference/weights_spec.py``), its complaints raised as :class:`WeightsError`."""
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise WeightsError(f"{path}: the top level must be an object")
-    if cfg.get("format") != FORMAT:
-        raise WeightsError(f"{path}: format {cfg.get('format')!r}, expected {FORMAT!r}")
-    return cfg
+        return read_engine_config(Path(directory))
+    except WeightsFolderError as e:
+        raise WeightsError(str(e)) from None
 
 
 def load_weights(

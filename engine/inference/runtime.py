@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from cacstream.engine.backends.base import Backend, BackendUnavailable, InferenceResult, array_family
 from cacstream.engine.backends.select import BackendChoice, auto_candidates, select_backend
 from cacstream.engine.inference.weights_spec import (
@@ -97,6 +96,16 @@ def _as_stack(hu_slices: Any) -> Any:
     return x.float() if fam.startswith("torch") else x.astype("float32", copy=False)
 
 
+def validation_warning(config: dict[str, Any]) -> str | None:
+    """The sentence every report scored with these weights carries when their config.json records
+    ``"validation": {"passed": false, "summary": ...}`` (weights that missed their accuracy targets)."""
+    v = config.get("validation")
+    if not isinstance(v, dict) or v.get("passed") is not False:
+        return None
+    return (f"model weights {config.get('weights_id', '?')} are NOT validated for clinical use: "
+            f"{v.get('summary', 'they failed their held-out accuracy targets')}")
+
+
 @dataclass
 class CalciumModels:
     """The slice filter and the segmenter of one weights folder, on one backend and device."""
@@ -157,7 +166,8 @@ class CalciumModels:
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(weights_id=self.spec.weights_id, backend=self.choice.name, precision=self.choice.precision,
-                         device=self.filter_backend.device, filter_threshold=self.filter_threshold)
+                         device=self.filter_backend.device, filter_threshold=self.filter_threshold,
+                         validation_warning=validation_warning(self.spec.config))
 
     @property
     def filter_config(self) -> PreprocessConfig:

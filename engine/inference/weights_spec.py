@@ -65,11 +65,25 @@ class ModelSpec:
         return base if precision == "fp32" else f"{Path(base).stem}.{precision}.onnx"
 
     def onnx_path(self, precision: str = "fp32", extra_dirs: tuple[Path, ...] = ()) -> Path:
-        """The existing ONNX file for ``precision``; WeightsFolderError naming every place looked."""
+        """The existing ONNX file for ``precision``; WeightsFolderError naming every place looked.
+
+        A section with ``"onnx_on_first_use": true`` and no shipped fp32 file gets it generated once
+        from its safetensors (``engine/inference/onnx_cache.py``) into the engine folder."""
         if precision == "fp32" and not self.onnx:
             raise WeightsFolderError(f"{self.where}: no 'onnx' entry — the folder was exported with --no-onnx; "
                                      "re-export with ONNX or serve it with --backend torch")
         name = self.onnx_name(precision)
+        if precision == "fp32" and self.config.get("onnx_on_first_use") and not (self.directory / name).is_file():
+            # Shipped without ONNX (repository size): made once from the safetensors (onnx_cache.py).
+            from cacstream.engine.inference.engines import default_engine_dir
+            from cacstream.engine.inference.onnx_cache import OnnxCacheError, ensure_onnx
+
+            try:
+                made = ensure_onnx(self, extra_dirs[0] if extra_dirs else default_engine_dir(self.directory))
+            except OnnxCacheError as e:
+                raise WeightsFolderError(f"{self.where}: {e}") from None
+            if made is not None:
+                return made
         tried = [d / name for d in (self.directory, *extra_dirs)]
         for p in tried:
             if p.is_file():

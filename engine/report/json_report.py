@@ -17,10 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cacstream import __version__
 from cacstream.engine.domain import ARTERIES
 from cacstream.engine.scoring.results import AgatstonResult, Lesion
 from cacstream.engine.series.types import Geometry, Series
+
+from cacstream import __version__
 
 SCHEMA_VERSION = 1
 
@@ -34,6 +35,9 @@ class ModelInfo:
     precision: str | None = None
     device: str | None = None
     filter_threshold: float | None = None
+    #: Set when the weights' config.json says they failed validation; goes into the report's warnings
+    #: (not into its "model" object), so no reader can miss it.
+    validation_warning: str | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -126,9 +130,9 @@ def scored_report(s: ScoredSeries) -> dict[str, Any]:
             "geometry": geometry_json(s.series.geometry),
             "acquisition": dataclasses.asdict(first.acquisition),
             "agatston_config": r.config,
-            "model": dataclasses.asdict(s.model),
+            "model": {k: v for k, v in dataclasses.asdict(s.model).items() if k != "validation_warning"},
             "timings_ms": {k: _round(v, 3) for k, v in s.timings_ms.items()},
-            "warnings": list(s.warnings),
+            "warnings": list(s.warnings) + ([s.model.validation_warning] if s.model.validation_warning else []),
             "files": len({sl.path for sl in s.series.slices}),
         }
     )

@@ -119,9 +119,13 @@ class ClassifierSliceDataset(Dataset):
         augment: bool = False,
         crop_scale: tuple[float, float] = (0.6, 1.0),
         seed: int = 0,
+        patch_grid: int = 0,
     ) -> None:
         self.cases, self.refs, self.preprocess = list(cases), list(refs), preprocess
         self.augment, self.crop_scale, self.seed, self.epoch = augment, crop_scale, seed, 0
+        if patch_grid and augment:
+            raise ValueError("patch targets are defined on whole slices: patch_grid needs augment = False")
+        self.patch_grid = patch_grid
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -132,12 +136,24 @@ class ClassifierSliceDataset(Dataset):
     def targets(self) -> np.ndarray:
         return np.array([r.calcified for r in self.refs], dtype=np.float32)
 
+    def patch_targets(self, case: Case, z: int) -> Tensor:
+        """(grid²,) 1.0 where the ViT patch covers a labelled calcium pixel (adaptive max-pool of the
+        native-resolution mask onto the patch grid: the whole slice is resized to the input)."""
+        lab = _slice_labels(case, z)
+        if lab is None:
+            return torch.zeros(self.patch_grid * self.patch_grid)
+        mask = torch.from_numpy(np.ascontiguousarray(lab > 0, dtype=np.float32))[None, None]
+        return torch.nn.functional.adaptive_max_pool2d(mask, self.patch_grid).flatten()
+
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         ref = self.refs[i]
         case = self.cases[ref.case]
         hu = _slice_hu(case, ref.z)
         if not self.augment:
-            return preprocess_slices(hu, self.preprocess)[0], torch.tensor(float(ref.calcified))
+            x = preprocess_slices(hu, self.preprocess)[0]
+            if self.patch_grid:
+                return x, torch.tensor(float(ref.calcified)), self.patch_targets(case, ref.z)
+            return x, torch.tensor(float(ref.calcified))
         from cacstream.training.dino.augment import crop_resize, random_resized_crop_box
 
         g = sample_generator(self.seed, self.epoch, i)
@@ -153,6 +169,18 @@ class ClassifierSliceDataset(Dataset):
         if float(torch.rand((), generator=g)) < 0.5:
             x = x.flip(-1)
         return x, torch.tensor(target)
+
+
+#: Target value of pixels that carry no loss (torch's cross-entropy default ``ignore_index``).
+IGNORE_INDEX = -100
+
+
+def window_input_value(hu: float, preprocess: PreprocessConfig) -> float:
+    """Model-input value of ``hu`` under a fixed-window preprocess (the map is the same for every slice)."""
+    if preprocess.normalisation != "window":
+        raise ValueError("a HU -> input value exists only for 'window' normalisation, not per-slice min-max")
+    lo, hi = preprocess.window_hu
+    return float(np.clip((hu - lo) / (hi - lo), 0.0, 1.0) * 2.0 - 1.0)
 
 
 class SegmentationSliceDataset(Dataset):
@@ -173,8 +201,10 @@ class SegmentationSliceDataset(Dataset):
         intensity_jitter: float = 0.0,
         seed: int = 0,
         train: bool = True,
+        ignore_below_hu: float | None = None,
     ) -> None:
         self.cases, self.preprocess = list(cases), preprocess
+        self.ignore_below_hu = ignore_below_hu
         self.positives, self.negatives = list(positives), list(negatives)
         self.train_crop, self.positive_crop_p = train_crop, positive_crop_p
         self.hflip_p, self.intensity_jitter, self.seed, self.train = hflip_p, intensity_jitter, seed, train
@@ -205,6 +235,9 @@ class SegmentationSliceDataset(Dataset):
             if lab is None
             else resize_labels(torch.from_numpy(lab.astype(np.int64))[None], self.preprocess.input_size)[0]
         )
+        if self.ignore_below_hu is not None:  # only calcium candidates carry a target (IGNORE_INDEX elsewhere)
+            cut = window_input_value(self.ignore_below_hu, self.preprocess) - 1e-6  # float32 inputs
+            y = torch.where(x[0] >= cut, y, IGNORE_INDEX)
         return x, y
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from cacstream.training.checkpoint import (
-    has_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -45,6 +44,7 @@ from cacstream.training.runtime import (
     RUN_RECORD_FILE,
     TrainResult,
     autocast,
+    begin_run,
     data_summary,
     dist_info,
     epoch_seed,
@@ -52,9 +52,8 @@ from cacstream.training.runtime import (
     is_main,
     load_data,
     progress,
-    runtime_scope,
+    run_stage,
     write_json,
-    write_run_config,
 )
 from safetensors.torch import save_file
 from torch import nn
@@ -137,16 +136,9 @@ def train_dino(
     command: Sequence[str] | None = None,
 ) -> TrainResult:
     """Run (or resume) DINO-LG pretraining into ``run_dir``."""
-    with runtime_scope(cfg.runtime) as device:
-        return _train_dino(
-            cfg,
-            Path(run_dir),
-            device,
-            resume=resume,
-            stop_after_epochs=stop_after_epochs,
-            quiet=quiet,
-            command=command,
-        )
+    return run_stage(
+        _train_dino, cfg, run_dir, resume=resume, stop_after_epochs=stop_after_epochs, quiet=quiet, command=command
+    )
 
 
 def _train_dino(
@@ -160,15 +152,7 @@ def _train_dino(
     command: Sequence[str] | None,
 ) -> TrainResult:
     rank, world = dist_info()
-    if resume and not has_checkpoint(run_dir):
-        raise FileNotFoundError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
-    if not resume and has_checkpoint(run_dir):
-        raise FileExistsError(
-            f"{run_dir}: holds a checkpoint already; pass --resume to continue it or "
-            "choose another --out folder"
-        )
-    if is_main():
-        write_run_config(run_dir, "dino", cfg, command, resume)
+    begin_run(run_dir, "dino", cfg, command, resume)
     seed = cfg.runtime.seed
     torch.manual_seed(seed)
 

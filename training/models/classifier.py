@@ -7,6 +7,11 @@ Feature read-outs (recorded in the weights' ``config.json`` so serving reads the
   linear evaluation for ViT-B); doubles the width and helps when the object is a few patches in size.
 * ``last_blocks`` — [CLS] of the last ``n_last_blocks`` blocks concatenated (DINO's linear evaluation
   for ViT-S uses 4), optionally with the avg-pooled patch tokens (``avgpool``).
+
+Any mode may add ``maxpool``: the channel-wise maximum over the patch tokens of each block it reads
+(the last block, or each of the last ``n_last_blocks``), appended after the other parts. Calcium is a
+few pixels of a 224² slice, i.e. one or two of 196 patch tokens: averaging dilutes that token ~200
+times, the maximum keeps it, so a linear layer can answer "does any patch look like calcium?".
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class FeatureSpec:
     mode: FeatureMode = "cls"
     n_last_blocks: int = 1
     avgpool: bool = False
+    maxpool: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("cls", "cls_avgpool", "last_blocks"):
@@ -40,13 +46,25 @@ class FeatureSpec:
     def dim(self, embed_dim: int) -> int:
         """Width of the feature vector for a backbone of ``embed_dim``."""
         if self.mode == "cls":
-            return embed_dim
-        if self.mode == "cls_avgpool":
-            return 2 * embed_dim
-        return embed_dim * (self.n_last_blocks + (1 if self.avgpool else 0))
+            base = embed_dim
+        elif self.mode == "cls_avgpool":
+            base = 2 * embed_dim
+        else:
+            base = embed_dim * (self.n_last_blocks + (1 if self.avgpool else 0))
+        return base + (embed_dim * self.n_blocks if self.maxpool else 0)
+
+    @property
+    def n_blocks(self) -> int:
+        """How many blocks' outputs the read-out uses (1 unless mode is last_blocks)."""
+        return self.n_last_blocks if self.mode == "last_blocks" else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "n_last_blocks": self.n_last_blocks, "avgpool": self.avgpool}
+        return {
+            "mode": self.mode,
+            "n_last_blocks": self.n_last_blocks,
+            "avgpool": self.avgpool,
+            "maxpool": self.maxpool,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
@@ -54,21 +72,33 @@ class FeatureSpec:
             mode=d.get("mode", "cls"),
             n_last_blocks=int(d.get("n_last_blocks", 1)),
             avgpool=bool(d.get("avgpool", False)),
+            maxpool=bool(d.get("maxpool", False)),
         )
 
 
 def extract_features(backbone: VisionTransformer, x: Tensor, spec: FeatureSpec) -> Tensor:
     """The (B, spec.dim(D)) feature vector of a batch of slices (B, 1, S, S)."""
-    if spec.mode == "cls":
-        return backbone(x)
-    if spec.mode == "cls_avgpool":
+    return features_and_patch_tokens(backbone, x, spec)[0]
+
+
+def features_and_patch_tokens(backbone: VisionTransformer, x: Tensor, spec: FeatureSpec) -> tuple[Tensor, Tensor]:
+    """:func:`extract_features` plus the last block's normalised patch tokens (B, N, D), from one
+    forward pass (the trainer's per-patch calcium guidance reads them)."""
+    if spec.mode == "last_blocks":
+        layers = backbone.get_intermediate_layers(x, spec.n_last_blocks)
+        parts = [t[:, 0] for t in layers]
+        if spec.avgpool:
+            parts.append(layers[-1][:, 1:].mean(dim=1))
+    else:
         tokens = backbone.forward_features(x)
-        return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1)
-    layers = backbone.get_intermediate_layers(x, spec.n_last_blocks)
-    parts = [t[:, 0] for t in layers]
-    if spec.avgpool:
-        parts.append(layers[-1][:, 1:].mean(dim=1))
-    return torch.cat(parts, dim=-1)
+        layers = [tokens]
+        parts = [tokens[:, 0]]
+        if spec.mode == "cls_avgpool":
+            parts.append(tokens[:, 1:].mean(dim=1))
+    if spec.maxpool:
+        parts.extend(t[:, 1:].amax(dim=1) for t in layers)
+    feats = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return feats, layers[-1][:, 1:]
 
 
 class LinearHead(nn.Module):

@@ -20,6 +20,34 @@ from numba import njit
 FAR = np.float32(1.0e6)
 
 
+@njit(cache=True, inline="always")
+def _ellipsoid_distance(params: np.ndarray, e: int, x: float, y: float, z: float) -> float:
+    """Signed distance bound of point (x, y, z) to ellipsoid ``e`` of ``params`` (centre, rotation rows,
+    semi-axes; the k0 (k0 - 1) / k1 bound), shared by the slice rasteriser and the point sampler."""
+    px = x - params[e, 0]
+    py = y - params[e, 1]
+    pz = z - params[e, 2]
+    qx = params[e, 3] * px + params[e, 4] * py + params[e, 5] * pz
+    qy = params[e, 6] * px + params[e, 7] * py + params[e, 8] * pz
+    qz = params[e, 9] * px + params[e, 10] * py + params[e, 11] * pz
+    ax = params[e, 12]
+    ay = params[e, 13]
+    az = params[e, 14]
+    ux = qx / ax
+    uy = qy / ay
+    uz = qz / az
+    k0 = math.sqrt(ux * ux + uy * uy + uz * uz)
+    vx = ux / ax
+    vy = uy / ay
+    vz = uz / az
+    k1 = math.sqrt(vx * vx + vy * vy + vz * vz)
+    if k1 > 1e-9:
+        de = k0 * (k0 - 1.0) / k1
+    else:
+        de = -min(ax, min(ay, az))
+    return de
+
+
 @njit(cache=True)
 def _smin(a: float, b: float, k: float) -> float:
     """Polynomial smooth minimum: unions of organs get rounded creases (grooves) instead of corners."""
@@ -47,27 +75,7 @@ def blob_distance(out, x0, y0, ps, r0, c0, zs, params, smooth_k):
                 x = x0 + (c0 + j) * ps
                 d = 1.0e6
                 for e in range(n):
-                    px = x - params[e, 0]
-                    py = y - params[e, 1]
-                    pz = z - params[e, 2]
-                    qx = params[e, 3] * px + params[e, 4] * py + params[e, 5] * pz
-                    qy = params[e, 6] * px + params[e, 7] * py + params[e, 8] * pz
-                    qz = params[e, 9] * px + params[e, 10] * py + params[e, 11] * pz
-                    ax = params[e, 12]
-                    ay = params[e, 13]
-                    az = params[e, 14]
-                    ux = qx / ax
-                    uy = qy / ay
-                    uz = qz / az
-                    k0 = math.sqrt(ux * ux + uy * uy + uz * uz)
-                    vx = ux / ax
-                    vy = uy / ay
-                    vz = uz / az
-                    k1 = math.sqrt(vx * vx + vy * vy + vz * vz)
-                    if k1 > 1e-9:
-                        de = k0 * (k0 - 1.0) / k1
-                    else:
-                        de = -min(ax, min(ay, az))
+                    de = _ellipsoid_distance(params, e, x, y, z)
                     if e == 0:
                         d = de
                     else:
@@ -328,27 +336,7 @@ def blob_distance_points(points, params, smooth_k):
     for p in range(n):
         d = 1.0e6
         for e in range(m):
-            px = points[p, 0] - params[e, 0]
-            py = points[p, 1] - params[e, 1]
-            pz = points[p, 2] - params[e, 2]
-            qx = params[e, 3] * px + params[e, 4] * py + params[e, 5] * pz
-            qy = params[e, 6] * px + params[e, 7] * py + params[e, 8] * pz
-            qz = params[e, 9] * px + params[e, 10] * py + params[e, 11] * pz
-            ax = params[e, 12]
-            ay = params[e, 13]
-            az = params[e, 14]
-            ux = qx / ax
-            uy = qy / ay
-            uz = qz / az
-            k0 = math.sqrt(ux * ux + uy * uy + uz * uz)
-            vx = ux / ax
-            vy = uy / ay
-            vz = uz / az
-            k1 = math.sqrt(vx * vx + vy * vy + vz * vz)
-            if k1 > 1e-9:
-                de = k0 * (k0 - 1.0) / k1
-            else:
-                de = -min(ax, min(ay, az))
+            de = _ellipsoid_distance(params, e, points[p, 0], points[p, 1], points[p, 2])
             if e == 0:
                 d = de
             else:
