@@ -168,6 +168,19 @@ def test_logs_hold_no_patient_names_or_ids(messy_run: dict) -> None:
         assert uid not in text  # series are named by hash, not UID
 
 
+def test_report_events_break_the_finalisation_time_down(messy_run: dict) -> None:
+    """An operator chasing latency sees where the time after completion went (sum, artifacts, staging,
+    publishing), and the parts add up to no more than the whole latency."""
+    events = [json.loads(line) for line in (messy_run["out"] / "watch.jsonl").read_text().splitlines()]
+    reported = [e for e in events if e.get("event") == "series_reported"]
+    assert reported
+    for e in reported:
+        parts = e["finalize_ms"]
+        assert set(parts) == {"sum", "artifacts", "stage", "publish"}
+        assert all(v >= 0 for v in parts.values())
+        assert sum(parts.values()) <= e["last_slice_to_report_s"] * 1e3 + 1.0
+
+
 def test_late_slice_reopens_and_versions_the_report(tmp_path: Path) -> None:
     src, export, out = tmp_path / "src", tmp_path / "export", tmp_path / "out"
     export.mkdir()

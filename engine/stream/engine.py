@@ -505,15 +505,19 @@ class StreamEngine:
             except SeriesFailed as f:
                 report = rejected_report(uid, f.reason, f.message, n_files=len(files), slices_total=len(headers),
                                          model=self.model_info, report_version=version)
+        t_sum = time.monotonic()
         artifacts = build_artifacts(report, score, self.config.outputs)
         outcome = report["status"]
         total = report.get("agatston_total")
+        t_build = time.monotonic()
         stage(self.out_dir, uid, version, artifacts)
         crash_point("after_stage")
         self.db.stage_report(uid, version, outcome, report.get("reason"), total, json.dumps(files), len(files))
         crash_point("after_stage_row")
+        t_stage = time.monotonic()
         publish(self.out_dir, uid, version, self.config.ledger_file, dedupe_ledger=True, checkpoint=crash_point)
         crash_point("after_publish")
+        t_publish = time.monotonic()
         latency_s = time.monotonic() - s.last_arrival
         self.db.mark_published(uid, version, outcome, report.get("reason"), total, files, latency_s * 1e3)
         crash_point("after_mark_published")
@@ -522,7 +526,10 @@ class StreamEngine:
         self.counters["latency_count"] += 1
         self.log.event("series_reported", series_uid=uid, version=version, status=outcome, reason=report.get("reason"),
                        agatston_total=total, risk_category=report.get("risk_category"), slices=len(headers),
-                       files=len(files), last_slice_to_report_s=round(latency_s, 3))
+                       files=len(files), last_slice_to_report_s=round(latency_s, 3),
+                       finalize_ms={"sum": round((t_sum - t0) * 1e3, 1), "artifacts": round((t_build - t_sum) * 1e3, 1),
+                                    "stage": round((t_stage - t_build) * 1e3, 1),
+                                    "publish": round((t_publish - t_stage) * 1e3, 1)})
         pub = Published(uid, version, outcome, total, report.get("risk_category"), report.get("reason"), len(headers),
                         time.time(), time.time() - latency_s, report)
         self.recent[uid] = pub
