@@ -220,24 +220,40 @@ def first_last_weighted(model_path: Path, op_types: tuple[str, ...]) -> list[str
     return list(dict.fromkeys([names[0], names[-1]])) if names else []
 
 
+def _infer_shapes(src: Path, dst: Path) -> None:
+    """Shape inference only (ORT's optimiser would fuse into com.microsoft ops TensorRT cannot read).
+
+    ORT's symbolic shape inference is tried first (it resolves more dynamic shapes); it does not know
+    every opset-18 form (e.g. ReduceMax with its axes as an input, which the exported filter's max-pooled
+    read-out uses), and then ONNX's own shape inference, which does, is used alone.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_optimization=True)
+        return
+    except Exception as first:  # noqa: BLE001 - onnx / ORT raise many types
+        symbolic = f"{type(first).__name__}: {first}"
+    try:
+        quant_pre_process(str(src), str(dst), skip_optimization=True, skip_symbolic_shape=True)
+    except Exception as e:  # noqa: BLE001
+        raise QuantizeError(
+            f"{src}: shape inference before quantisation failed (symbolic: {symbolic}; "
+            f"ONNX: {type(e).__name__}: {e})"
+        ) from None
+
+
 def quantize_model(src: Path, dst: Path, inputs: np.ndarray, config: QuantizeConfig) -> list[str]:
     """Quantize one FP32 ONNX file into ``dst`` (explicit Q/DQ, INT8 symmetric); returns the weighted
     nodes left in FP32."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     size = int(inputs.shape[-1])
     batch = config.batch_size or (2 if size >= 384 else 8)
     with tempfile.TemporaryDirectory(prefix="cacstream-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
-        try:
-            # shape inference only: ORT's optimiser would fuse into com.microsoft ops TensorRT cannot read
-            quant_pre_process(str(src), str(pre), skip_optimization=True)
-        except Exception as e:  # noqa: BLE001 - onnx / ORT raise many types
-            raise QuantizeError(
-                f"{src}: shape inference before quantisation failed ({type(e).__name__}: {e})"
-            ) from None
+        _infer_shapes(src, pre)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         name = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]).get_inputs()[0].name

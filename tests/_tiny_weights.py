@@ -55,6 +55,7 @@ def build_tiny_weights(root: Path) -> Path:
     train_dino(dino, root / "dino", quiet=True)  # type: ignore[arg-type]
     clf = config_from_dict("classifier", {
         "backbone": str(root / "dino"), "epochs": 2, "batch_size": 32, "lr": 1e-3, "target_sensitivity": 0.9,
+        "maxpool": True,  # the shipped filter's read-out ([CLS] + max-pooled tokens: ReduceMax in the ONNX graph)
         "data": _data(cache), "runtime": runtime,
     })
     train_classifier(clf, root / "classifier", quiet=True)  # type: ignore[arg-type]
