@@ -7,7 +7,8 @@
 #    Q/DQ quantisation (entropy), then FP32 vs INT8 on 40 held-out phantoms (seeds 100000..): the
 #    gate is slice-filter sensitivity within 1 point and risk-category agreement >= 98 %.
 # 2. `cacstream bench pipeline`: end-to-end speed-up over the naive serial PyTorch pipeline and the
-#    compute the slice filter saves against volume-wide segmentation (same run, same series).
+#    compute the slice filter saves against volume-wide segmentation (same run, same series), with
+#    ONNX Runtime INT8 (the graphs of step 1) beside FP32.
 # 3. `cacstream bench stream --mode model`: last slice landing -> JSON report, minus the quiet
 #    period, for the 57-slice COCA scan replayed at 20 slices/s (median of 5 fresh engines).
 # 4. `cacstream score --mode model` wall time on the 57-slice COCA scan (gated patient 0).
@@ -31,10 +32,11 @@ rm -rf "$OUT/calib-set"
 cacstream calibrate build "$OUT/calib-src" --weights "$WI" --out "$OUT/calib-set" -n 256 --quiet
 cacstream calibrate quantize "$WI" --set "$OUT/calib-set" --method entropy --quiet
 cacstream calibrate evaluate "$WI" --phantoms 40 --seed 100000 --out "$OUT/int8-eval" --quiet \
-  && echo "INT8 gate: passed" || echo "INT8 gate: FAILED (see $OUT/int8-eval)"
+  && echo "INT8 gate: passed" || echo "INT8 gate: FAILED (see $OUT/int8-eval/report.md)"
 
 say "2/4 bench pipeline"
-cacstream bench pipeline --weights "$W" --series 2 --repeats 3 --json "$OUT/pipeline.json" \
+# the copy with the INT8 graphs, so that ONNX Runtime INT8 is benchmarked beside FP32 in the same run
+cacstream bench pipeline --weights "$WI" --series 2 --repeats 3 --json "$OUT/pipeline.json" \
   --md "$OUT/pipeline.md" --png "$OUT/pipeline.png" --quiet
 
 say "3/4 bench stream (model mode)"
