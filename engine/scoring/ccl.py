@@ -163,14 +163,16 @@ def _neighbour_label(w: int, nw: int, n: int, ne: int, conn8: bool, parent: np.n
     return w
 
 
-def _sum_zero(v):  # pragma: no cover - replaced by the overload below inside jitted code
-    """Zero of the accumulator for HU of v's type (Numba overload; see _ov_sum_zero)."""
-    raise NotImplementedError
+def _sum_zero(v):
+    """Zero of the HU-sum accumulator for a pixel value like v: int64 for integer HU, float64 otherwise.
+
+    Plain Python here; inside the kernels Numba uses the typed overload below (decided at compile time)."""
+    return np.int64(0) if isinstance(v, (int, np.integer)) else np.float64(0.0)
 
 
-def _widen(v):  # pragma: no cover - replaced by the overload below inside jitted code
-    """v in the accumulator's type (Numba overload; see _ov_widen)."""
-    raise NotImplementedError
+def _widen(v):
+    """v in the accumulator's type (see _sum_zero)."""
+    return np.int64(v) if isinstance(v, (int, np.integer)) else np.float64(v)
 
 
 @overload(_sum_zero, inline="always")
