@@ -20,7 +20,6 @@ backends engineer for ``cacstream build-engines``; the calibration tooling may c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from cacstream.engine.file_hash import file_sha256
 
 #: Relative tolerance of the FP16 check: max |fp16 - fp32| / max(|fp32|, 1). FP16 has an 11-bit
 #: significand (~5e-4 relative per op); deep graphs accumulate to ~1e-3..1e-2.
@@ -51,14 +51,6 @@ class Fp16Conversion:
     tolerance: float
     converter: str
     seconds: float
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_inputs(shape_chw: tuple[int, int, int], n: int = 4, seed: int = 0) -> np.ndarray:
@@ -124,7 +116,7 @@ def convert_onnx_fp16(src: Path, dst: Path | None = None, *, keep_fp32_ops: Sequ
         raise Fp16ConversionError(f"{dst}: FP16 differs from FP32 by {diff:.3g} ({rel:.3g} of the output range, "
                                   f"tolerance {tolerance}); keep the sensitive ops in FP32 (keep_fp32_ops)")
     tmp.replace(dst)
-    record = Fp16Conversion(str(src.name), str(dst.name), _sha256(src), tuple(keep_fp32_ops), diff, rel, tolerance,
+    record = Fp16Conversion(str(src.name), str(dst.name), file_sha256(src), tuple(keep_fp32_ops), diff, rel, tolerance,
                             f"onnxconverter-common {occ_version} float16 (keep_io_types)",
                             round(time.perf_counter() - t0, 2))
     d = asdict(record)

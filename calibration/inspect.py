@@ -268,11 +268,11 @@ def role_activations(
 ) -> tuple[list[Any], dict[str, Any]]:
     """Activation ranges of the FP32 model of ``role`` over the set, cached in SET/inspect/ by ONNX hash."""
     from cacstream.calibration.activations import activation_ranges, load_ranges, save_ranges
-    from cacstream.calibration.sets import sha256_file
+    from cacstream.engine.file_hash import file_sha256
     from cacstream.engine.inference.weights_spec import read_weights_spec
 
     onnx_path = read_weights_spec(weights_dir).model(role).onnx_path("fp32")
-    sha = sha256_file(onnx_path)
+    sha = file_sha256(onnx_path)
     cache = cs.inspect_dir / f"activations_{role}.json"
     n = len(cs) if max_slices is None else min(len(cs), max_slices)
     if cache.is_file():

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cacstream.calibration.sets import ROLES, CalibrationSet, sha256_file
+from cacstream.calibration.sets import ROLES, CalibrationSet
+from cacstream.engine.file_hash import file_sha256
 
 METHODS: tuple[str, ...] = ("entropy", "max", "percentile")
 DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -373,9 +374,9 @@ def quantize_weights(
             record["models"][m.section] = {
                 "role": role,
                 "source": src.name,
-                "source_sha256": sha256_file(src),
+                "source_sha256": file_sha256(src),
                 "output": dst.name,
-                "output_sha256": sha256_file(dst),
+                "output_sha256": file_sha256(dst),
                 "qdq_nodes": qdq_node_count(dst),
                 "kept_fp32_nodes": kept_fp32,
                 "seconds": round(seconds, 2),

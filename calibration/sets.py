@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cacstream.engine.file_hash import file_sha256
 from cacstream.kernels.config import PreprocessConfig
 
 SET_FORMAT = "cacstream-calibration-set/1"
@@ -121,14 +122,6 @@ class CalibrationSet:
         return self.directory / INSPECT_DIR
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _set_hash(array_shas: dict[str, str], slices: list[SliceRecord]) -> str:
     h = hashlib.sha256()
     for role in sorted(array_shas):
@@ -194,7 +187,7 @@ def write_set(
         for role in ROLES:
             path = tmp / ARRAY_FILES[role]
             np.save(path, np.ascontiguousarray(inputs[role]))
-            shas[role] = sha256_file(path)
+            shas[role] = file_sha256(path)
             arrays[role] = {
                 "file": ARRAY_FILES[role],
                 "shape": list(inputs[role].shape),
@@ -269,7 +262,7 @@ def load_set(directory: Path | str, *, verify: bool = True, mmap: bool = True) -
         path = directory / meta["file"]
         if not path.is_file():
             raise CalibrationSetError(f"{path}: array file missing (listed in {where})")
-        if verify and sha256_file(path) != meta["sha256"]:
+        if verify and file_sha256(path) != meta["sha256"]:
             raise CalibrationSetError(
                 f"{path}: content does not match the SHA-256 in {where}; the set was modified "
                 "after it was built — rebuild it"

@@ -66,7 +66,7 @@ def test_graphs_are_qdq_int8_symmetric_and_standard(quantized: tuple[Path, dict]
 
 def test_record_says_how_the_graphs_were_made(quantized: tuple[Path, dict], cset, weights: Path) -> None:
     import onnxruntime
-    from cacstream.calibration.sets import sha256_file
+    from cacstream.engine.file_hash import file_sha256
 
     out, rec = quantized
     on_disk = json.loads((out / "int8.json").read_text())
@@ -78,8 +78,8 @@ def test_record_says_how_the_graphs_were_made(quantized: tuple[Path, dict], cset
     assert rec["tool"]["onnxruntime"] == onnxruntime.__version__
     for section in ("slice_filter", "segmenter"):
         m = rec["models"][section]
-        assert m["source_sha256"] == sha256_file(weights / f"{section}.onnx")
-        assert m["output_sha256"] == sha256_file(out / f"{section}.int8.onnx")
+        assert m["source_sha256"] == file_sha256(weights / f"{section}.onnx")
+        assert m["output_sha256"] == file_sha256(out / f"{section}.int8.onnx")
         assert len(m["kept_fp32_nodes"]) == 2  # first and last weighted layer stay FP32 by default
     assert rec["models"]["slice_filter"]["check_vs_fp32"]["slices"] == len(cset)
 

@@ -11,7 +11,6 @@ A checkpoint is two files in the run folder:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from cacstream.engine.file_hash import file_sha256
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -30,14 +30,6 @@ FORMAT = "cacstream-checkpoint/1"
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prefixed(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -127,7 +119,7 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, A
     os.replace(tmp_t, run_dir / TENSORS_FILE)
     full = dict(meta)
     full["format"] = FORMAT
-    full["tensors_sha256"] = _sha256(run_dir / TENSORS_FILE)
+    full["tensors_sha256"] = file_sha256(run_dir / TENSORS_FILE)
     tmp_j = run_dir / (META_FILE + ".tmp")
     tmp_j.write_text(json.dumps(full, indent=1))
     os.replace(tmp_j, run_dir / META_FILE)
@@ -152,6 +144,6 @@ def load_checkpoint(run_dir: Path, map_location: str = "cpu") -> tuple[dict[str,
         raise CheckpointError(f"{mp}: unreadable ({e})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{mp}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("tensors_sha256") != _sha256(tp):
+    if meta.get("tensors_sha256") != file_sha256(tp):
         raise CheckpointError(f"{tp}: contents do not match {mp} (interrupted write or edited file)")
     return load_file(str(tp), device=map_location), meta

@@ -20,7 +20,6 @@ timing instead of minutes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cacstream.engine.backends.base import BackendUnavailable
+from cacstream.engine.file_hash import file_sha256
 from cacstream.engine.inference.device_info import GpuInfo
 
 log = logging.getLogger(__name__)
@@ -100,15 +100,6 @@ class EngineKey:
             if mine != theirs:
                 out.append(f"{name}: engine has {theirs!r}, expected {mine!r}")
         return out
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (ONNX and plan files reach hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def engine_key(onnx_path: Path, gpu: GpuInfo, tensorrt_version: str, precision: str,

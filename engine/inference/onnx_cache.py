@@ -16,7 +16,6 @@ Exporting ViT-Tiny/16 + U-Net-16 takes ~30 s once on a 2-core CPU.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from cacstream.engine.file_hash import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,6 @@ _LOCK = threading.Lock()
 
 class OnnxCacheError(RuntimeError):
     """The ONNX file could not be generated (message says which file and why)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def user_cache_dir() -> Path:
@@ -73,7 +66,7 @@ def cached_onnx(spec: Any, dirs: list[Path]) -> Path | None:
                 meta = json.loads(side.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            digest = digest or _sha256(weights)
+            digest = digest or file_sha256(weights)
             if meta.get("weights_sha256") == digest:
                 return p
     return None
@@ -123,7 +116,7 @@ def generate_onnx(spec: Any, dirs: list[Path], tolerance: float = 1e-3) -> Path:
         if not check.passed:
             raise OnnxCacheError(f"{final}: ONNX Runtime differs from PyTorch by {check.max_abs_diff:.3g} "
                                  f"(tolerance {tolerance:.3g}); not used")
-        meta = {"generated_from": weights.name, "weights_sha256": _sha256(weights), "onnx_check": check.to_dict(),
+        meta = {"generated_from": weights.name, "weights_sha256": file_sha256(weights), "onnx_check": check.to_dict(),
                 "torch": torch.__version__}
         os.replace(tmp, final)
         side = _sidecar(final)

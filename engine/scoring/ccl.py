@@ -177,10 +177,11 @@ def _widen(v):
 
 @overload(_sum_zero, inline="always")
 def _ov_sum_zero(v):
-    """Integer HU sum in int64 (exact: |HU| < 2**15 and a slice < 2**40 pixels), float HU in float64.
+    """Integer HU sum in int64, float HU in float64.
 
     Why: a float64 sum is one dependent add per pixel (4 cycles of latency); an int64 sum is one cycle
-    and vectorises. The result is the same number (integers below 2**53 are exact in float64).
+    and vectorises. The result is the same number: a run's sum (at most ``cols`` pixels of |HU| < 2**15)
+    and the per-component float64 total stay far below 2**53, below which float64 holds every integer.
     """
     if isinstance(v, types.Integer):
         return lambda v: np.int64(0)
