@@ -1,14 +1,15 @@
 """A tiny but real weights folder, made once per test session by the training code itself.
 
-DINO-LG pretraining (1 epoch, 1-block ViT at 32²), the linear slice classifier on its features and a
+DINO-LG pretraining (1 epoch, 1-block ViT at 32²), the fine-tuned patch_max slice filter on it and a
 2-level U-Net at 32², all trained on small phantoms and exported by ``training/export.py`` (safetensors
 + config.json + ONNX checked against PyTorch). The models are barely trained, but they are the exact
 architectures, file formats and code paths that default weights go through, which is what the
 backend and runtime tests need. Building it takes ~20-40 s on 2 cores; tests share one copy through
 :func:`tiny_weights_dir`.
 
-Shapes are chosen to exercise every resampling path: phantoms are 64² and both models take 32², so
-preprocessing down-samples and the segmenter's labels are resampled back to 64².
+Shapes are chosen to exercise every resampling path: phantoms are 64², the segmenter takes 32², so
+preprocessing down-samples and its labels are resampled back to 64²; the filter is served 64² and its
+ViT sees 32² behind a 2x2 max-pool, as the shipped filter (512² served, 4x4 max-pool, ViT at 128²).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _CACHE: dict[str, Path] = {}
 TRAIN_SEEDS = (9100, 6)  # phantom seeds [first, count] used for training — tests evaluate on others
 INPUT_SIZE = 32
 MATRIX = 64
+FILTER_INPUT_SIZE = 64  # the shipped filter's front: served at the matrix, a 2x2 max-pool, the ViT at 32²
 
 
 def _data(cache_dir: Path) -> dict[str, Any]:
@@ -55,7 +57,9 @@ def build_tiny_weights(root: Path) -> Path:
     train_dino(dino, root / "dino", quiet=True)  # type: ignore[arg-type]
     clf = config_from_dict("classifier", {
         "backbone": str(root / "dino"), "epochs": 2, "batch_size": 32, "lr": 1e-3, "target_sensitivity": 0.9,
-        "maxpool": True,  # the shipped filter's read-out ([CLS] + max-pooled tokens: ReduceMax in the ONNX graph)
+        # the shipped filter's graph: MaxPool front, ViT, a linear layer per patch token, ReduceMax
+        "finetune": True, "feature_mode": "patch_max", "patch_loss_weight": 1.0, "backbone_lr": 1e-3,
+        "input_size": FILTER_INPUT_SIZE, "input_pool": FILTER_INPUT_SIZE // INPUT_SIZE,
         "data": _data(cache), "runtime": runtime,
     })
     train_classifier(clf, root / "classifier", quiet=True)  # type: ignore[arg-type]

@@ -101,7 +101,8 @@ def test_default_weights_load_as_float32_modules() -> None:
         dtypes = {p.dtype for p in module.parameters()}
         assert dtypes == {torch.float32}
     with torch.no_grad():
-        x = torch.zeros(1, 1, 224, 224)
+        size = bundle.slice_filter.preprocess.input_size  # 512 behind the 4x4 max-pool front
+        x = torch.zeros(1, 1, size, size)
         assert torch.isfinite(bundle.slice_filter.model(x)).all()
 
 

@@ -19,7 +19,7 @@ from cacstream.engine.backends.base import BackendUnavailable
 from cacstream.engine.inference.runtime import CalciumModels, nearest_indices, sigmoid
 from cacstream.engine.inference.weights_spec import WEIGHTS_FORMAT, WeightsFolderError, read_weights_spec
 
-from _tiny_weights import INPUT_SIZE, MATRIX, TRAIN_SEEDS, tiny_weights_dir
+from _tiny_weights import FILTER_INPUT_SIZE, INPUT_SIZE, MATRIX, TRAIN_SEEDS, tiny_weights_dir
 
 AGREEMENT_PHANTOM_SEEDS = range(9300, 9310)  # never used to train the tiny weights (TRAIN_SEEDS)
 
@@ -119,7 +119,7 @@ def test_runtime_matches_the_training_reference(backend: str, runtimes: dict, ti
 def test_low_level_steps_give_identical_results(runtimes: dict, phantom_hu: np.ndarray) -> None:
     m = runtimes["onnxruntime"]
     x = m.preprocess(phantom_hu, "filter")
-    assert x.shape == (len(phantom_hu), 1, INPUT_SIZE, INPUT_SIZE) and x.dtype == np.float32
+    assert x.shape == (len(phantom_hu), 1, FILTER_INPUT_SIZE, FILTER_INPUT_SIZE) and x.dtype == np.float32
     np.testing.assert_array_equal(m.probabilities(m.infer(x, "filter").logits), m.filter_probabilities(phantom_hu))
     xs = m.preprocess(phantom_hu, "segmenter")
     labels = m.labels_from_logits(m.infer(xs, "segmenter").logits, phantom_hu.shape[1:])
@@ -158,7 +158,7 @@ def test_model_info_and_configs(runtimes: dict, tiny_weights: Path) -> None:
         info = m.info
         assert (info.weights_id, info.backend, info.precision, info.device) == ("tiny-test", name, "fp32", "cpu")
         assert info.filter_threshold == m.filter_threshold == cfg["slice_filter"]["threshold"]
-        assert m.filter_config.input_size == m.segmenter_config.input_size == INPUT_SIZE
+        assert (m.filter_config.input_size, m.segmenter_config.input_size) == (FILTER_INPUT_SIZE, INPUT_SIZE)
         assert m.filter_config.to_dict() == cfg["slice_filter"]["preprocess"]
 
 
@@ -205,7 +205,7 @@ def test_missing_onnx_names_the_file_and_auto_falls_back(tiny_weights: Path, tmp
 def test_mismatched_input_size_names_the_onnx_file(tiny_weights: Path, tmp_path: Path) -> None:
     w = _copy_weights(tiny_weights, tmp_path / "w")
     _edit_config(w, lambda c: c["slice_filter"]["preprocess"].update(input_size=48))
-    with pytest.raises(ValueError, match=r"slice_filter\.onnx: input 'slices' is \(batch, 1, 32, 32\) but the "
+    with pytest.raises(ValueError, match=r"slice_filter\.onnx: input 'slices' is \(batch, 1, 64, 64\) but the "
                                          r"weights' config\.json says \(batch, 1, 48, 48\)"):
         CalciumModels.load(w, backend="onnxruntime")
     with pytest.raises(WeightsFolderError, match=r"config\.json: slice_filter: preprocess\.input_size 48"):

@@ -147,7 +147,9 @@ def test_classifier_learns_and_sets_a_sensitive_threshold(classifier_run: Path) 
     assert 0.0 < m["threshold"] < 1.0
     assert m["val"]["sensitivity"] >= 0.98  # the operating point is chosen for it on validation
     assert m["pos_weight"] == pytest.approx(run["train_slices"]["negative"] / run["train_slices"]["positive"])
-    assert run["feature"] == {"mode": "cls", "n_last_blocks": 1, "avgpool": False, "maxpool": False}
+    assert run["feature"] == {
+        "mode": "cls", "n_last_blocks": 1, "avgpool": False, "maxpool": False, "input_pool": 1
+    }
 
 
 def test_unet_learns(unet_run: Path) -> None:
@@ -195,6 +197,71 @@ def test_export_matches_pytorch_and_serves(work: Path, classifier_run: Path, une
     sess = ort.InferenceSession(str(bundle.segmenter.onnx_path), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"slices": xs.numpy()})[0], seg, atol=1e-4)
     print("trainer timings (s):", json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
+
+
+def test_unet_init_from_starts_from_the_finished_run(
+    work: Path, unet_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    src = load_file(str(unet_run / "model.safetensors"))
+    # lr 1e-12: the continued run can only stay where it started, which must be the source's weights
+    over = dict(init_from=str(unet_run), epochs=1, lr=1e-12, min_lr=1e-12, warmup_epochs=0)
+    cont = work / "unet-continued"
+    train("unet", ci_config("unet", work / "cases", work, **over), cont)
+    got = load_file(str(cont / "model.safetensors"))
+    assert json.loads((cont / "run.json").read_text())["init_from"] == str(unet_run)
+    learned = [k for k, v in src.items() if v.is_floating_point() and "running_" not in k]  # BN stats move with any lr
+    assert learned
+    for k in learned:
+        np.testing.assert_allclose(got[k].numpy(), src[k].numpy(), atol=1e-6, err_msg=k)
+    fresh = work / "unet-fresh"
+    train("unet", ci_config("unet", work / "cases", work, **{**over, "init_from": ""}), fresh)
+    differ = load_file(str(fresh / "model.safetensors"))
+    assert any(not torch.allclose(differ[k], src[k]) for k in learned)
+    bad = ci_config("unet", work / "cases", work, **{**over, "init_from": str(work / "dino")})
+    capsys.readouterr()
+    assert main(["train", "unet", "--config", str(bad), "--out", str(work / "unet-bad"), "--quiet"]) != 0
+    assert "not a finished `cacstream train unet` run" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def patch_max_run(work: Path, dino_run: Path) -> Path:
+    """The CPU-budget filter recipe: fine-tuned backbone behind a 2x2 max-pool, patch_max read-out
+    trained on the patch labels, flips."""
+    run = work / "classifier-patch-max"
+    over = dict(
+        backbone=str(dino_run), finetune=True, feature_mode="patch_max", patch_loss_weight=1.0,
+        input_size=64, input_pool=2, hflip_p=0.5, backbone_lr=1e-3, epochs=4, patience=4,
+    )
+    train("classifier", ci_config("classifier", work / "cases", work, **over), run)
+    return run
+
+
+def test_patch_max_filter_learns_exports_and_serves_its_max_pool(work: Path, patch_max_run: Path, unet_run: Path) -> None:
+    rec = epochs(patch_max_run)
+    assert rec[-1]["train_loss"] < rec[0]["train_loss"]
+    run = json.loads((patch_max_run / "run.json").read_text())
+    assert run["feature"]["mode"] == "patch_max" and run["feature"]["input_pool"] == 2
+    assert run["preprocess"]["input_size"] == 64 and run["arch_kwargs"]["img_size"] == 32
+    out = work / "weights-patch-max"
+    assert main(["export", "--classifier", str(patch_max_run), "--segmenter", str(unet_run), "--out", str(out)]) == 0
+    chk = json.loads((out / "config.json").read_text())["slice_filter"]["onnx_check"]
+    assert chk["passed"] and chk["max_abs_diff"] < 1e-4, chk
+    filt = load_weights(out).slice_filter
+    assert filt is not None
+    model = filt.model
+    # independent statement of the served function: 2x2 max by reshaping, ViT, linear per patch, max
+    x = torch.rand(3, 1, 64, 64) * 2 - 1
+    pooled = x.reshape(3, 1, 32, 2, 32, 2).amax(dim=(3, 5))
+    with torch.no_grad():
+        tokens = model.backbone.forward_features(pooled)[:, 1:]
+        expect = (tokens @ model.head.linear.weight[0] + model.head.linear.bias[0]).amax(dim=1)
+        np.testing.assert_allclose(model(x).numpy(), expect.numpy(), rtol=1e-5, atol=1e-5)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(filt.onnx_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"slices": x.numpy()})[0], expect.numpy(), atol=1e-4)
 
 
 def test_segmentation_loss_ignores_non_candidates_exactly() -> None:

@@ -43,12 +43,14 @@ from cacstream.training.metrics_log import MetricsLog
 from cacstream.training.models.classifier import (
     FeatureSpec,
     LinearHead,
+    PatchMaxHead,
     SliceFilter,
     extract_features,
     features_and_patch_tokens,
+    make_head,
 )
 from cacstream.training.models.registry import create_model
-from cacstream.training.models.vit import VisionTransformer
+from cacstream.training.models.vit import VisionTransformer, load_pretrained
 from cacstream.training.runtime import (
     MODEL_FILE,
     RUN_RECORD_FILE,
@@ -109,6 +111,25 @@ def load_backbone_run(run_dir: Path) -> tuple[VisionTransformer, PreprocessConfi
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model, PreprocessConfig.from_dict(rec["preprocess"]), rec
+
+
+def rebuild_backbone(
+    backbone: VisionTransformer, preprocess: PreprocessConfig, rec: dict[str, Any], input_size: int, input_pool: int
+) -> tuple[VisionTransformer, PreprocessConfig]:
+    """The DINO backbone rebuilt for a served input of ``input_size`` behind an ``input_pool`` max-pool:
+    the ViT is built at input_size / input_pool (position embeddings resampled at build time, so the
+    exported graph is fixed) and the preprocessing serves ``input_size``."""
+    size = input_size or preprocess.input_size
+    if size % input_pool or (size // input_pool) % backbone.patch_size:
+        raise RunError(
+            f"input_size {size} / input_pool {input_pool} must be a whole multiple of the patch size "
+            f"{backbone.patch_size}"
+        )
+    kwargs = {**rec.get("arch_kwargs", {}), "img_size": size // input_pool}
+    model = create_model(rec["arch"], **kwargs)
+    assert isinstance(model, VisionTransformer)
+    load_pretrained(model, backbone.state_dict())
+    return model, dataclasses.replace(preprocess, input_size=size)
 
 
 @torch.no_grad()
@@ -228,11 +249,13 @@ def _train_classifier(
     if cfg.input_window_hu:  # the fine-tuned filter reads a fixed HU window (recorded in config.json)
         lo, hi = (float(v) for v in cfg.input_window_hu)
         preprocess = dataclasses.replace(preprocess, normalisation="window", window_hu=(lo, hi))
+    if cfg.input_size or cfg.input_pool != 1:
+        backbone, preprocess = rebuild_backbone(backbone, preprocess, dino_rec, cfg.input_size, cfg.input_pool)
     backbone = backbone.to(device).eval()
     finetune = cfg.finetune
     for p in backbone.parameters():
         p.requires_grad = finetune
-    spec = FeatureSpec(cfg.feature_mode, cfg.n_last_blocks, cfg.avgpool, cfg.maxpool)
+    spec = FeatureSpec(cfg.feature_mode, cfg.n_last_blocks, cfg.avgpool, cfg.maxpool, cfg.input_pool)
 
     loaded = load_data(cfg.data, run_dir, quiet)
     overlap = _split_overlap(Path(cfg.backbone), loaded.split)
@@ -265,11 +288,15 @@ def _train_classifier(
         )
     pos_weight = cfg.pos_weight or n_neg / n_pos
 
-    head = LinearHead(spec.dim(backbone.embed_dim)).to(device)
+    head = make_head(spec, backbone.embed_dim).to(device)
     groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": cfg.lr}]
-    patch_head = torch.nn.Linear(backbone.embed_dim, 1).to(device) if cfg.patch_loss_weight > 0 else None
-    if patch_head is not None:  # training-time guidance only: never exported
-        groups.append({"params": list(patch_head.parameters()), "lr": cfg.lr})
+    patch_head: Any = None
+    if isinstance(head, PatchMaxHead):  # the served layer itself is trained on the patch labels
+        patch_head = head.patch_logits if cfg.patch_loss_weight > 0 else None
+    elif cfg.patch_loss_weight > 0:  # training-time guidance only: never exported
+        aux = torch.nn.Linear(backbone.embed_dim, 1).to(device)
+        groups.append({"params": list(aux.parameters()), "lr": cfg.lr})
+        patch_head = lambda t: aux(t).squeeze(-1)  # noqa: E731
     if finetune:
         groups.append({"params": list(backbone.parameters()), "lr": cfg.backbone_lr})
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -333,6 +360,9 @@ def _train_classifier(
                     items = [sets["train"][int(i)] for i in idx]
                     x = torch.stack([it_[0] for it_ in items]).to(device)
                     y = torch.stack([it_[1] for it_ in items]).to(device)
+                    flip = (torch.rand(len(items), generator=g) < cfg.hflip_p) if cfg.hflip_p else None
+                    if flip is not None:
+                        x = torch.where(flip.view(-1, 1, 1, 1).to(device), x.flip(-1), x)
                     with torch.set_grad_enabled(finetune), autocast(device, cfg.runtime.precision):
                         f, patches = features_and_patch_tokens(backbone, x, spec)
                         f = f.float()
@@ -346,8 +376,12 @@ def _train_classifier(
                 )
                 if patch_head is not None:
                     pt = torch.stack([it_[2] for it_ in items]).to(device)
+                    if flip is not None:  # the patch grid flips with the slice
+                        gs = backbone.patch_embed.grid_size
+                        flipped = pt.view(-1, gs, gs).flip(-1).reshape(pt.shape)
+                        pt = torch.where(flip.view(-1, 1).to(device), flipped, pt)
                     loss = loss + cfg.patch_loss_weight * F.binary_cross_entropy_with_logits(
-                        patch_head(patches.float()).squeeze(-1), pt,
+                        patch_head(patches.float()), pt,
                         pos_weight=torch.tensor(cfg.patch_pos_weight, device=device),
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -451,7 +485,7 @@ def _train_classifier(
                 "finished": True,
                 "backbone_run": str(Path(cfg.backbone).resolve()),
                 "arch": dino_rec["arch"],
-                "arch_kwargs": dino_rec.get("arch_kwargs", {}),
+                "arch_kwargs": dict(getattr(backbone, "arch_kwargs", dino_rec.get("arch_kwargs", {}))),
                 "embed_dim": backbone.embed_dim,
                 "feature": spec.to_dict(),
                 "feature_dim": spec.dim(backbone.embed_dim),

@@ -247,10 +247,12 @@ class ClassifierConfig:
         "a finished `cacstream train dino` run folder (its teacher backbone is used, "
         "as DINO evaluates the teacher). Required.",
     )
-    feature_mode: Literal["cls", "cls_avgpool", "last_blocks"] = _f(
+    feature_mode: Literal["cls", "cls_avgpool", "last_blocks", "patch_max"] = _f(
         "cls",
         "cls: final [CLS] (paper); cls_avgpool: + mean patch token; last_blocks: [CLS] of the last "
-        "n_last_blocks blocks (DINO linear eval).",
+        "n_last_blocks blocks (DINO linear eval); patch_max: the linear layer on every patch token, "
+        "slice logit = the maximum (finetune only; with patch_loss_weight > 0 the patch labels train "
+        "the served layer itself; recommended on CPU budgets, docs/models.md).",
     )
     n_last_blocks: int = _f(1, "blocks concatenated for feature_mode last_blocks (DINO: 4 for ViT-S).")
     avgpool: bool = _f(False, "last_blocks: also append the mean patch token of the last block.")
@@ -280,6 +282,24 @@ class ClassifierConfig:
         "finetune only: serve and train the filter on a fixed HU window [low, high] instead of the "
         "backbone's per-slice min-max (a window such as [-200, 800] gives 130-400 HU calcium ~5x the "
         "input contrast that min-max over air..bone leaves it). Empty = the backbone's preprocessing.",
+    )
+    input_size: int = _f(
+        0,
+        "finetune only: side of the served filter input; 0 = the DINO run's input size. With "
+        "input_pool > 1 the backbone is rebuilt at input_size / input_pool (position embeddings "
+        "resampled) and loaded with the DINO-LG weights.",
+    )
+    input_pool: int = _f(
+        1,
+        "finetune only: a fixed input_pool x input_pool max-pool in front of the ViT, part of the "
+        "served graph. 4 with input_size 512 lets a ViT-Tiny/16 see 128² slices in which no "
+        "calcification loses contrast (a bilinear resize to 224² averages small lesions below "
+        "130 HU; docs/models.md). Recommended on CPU budgets: 64 patch tokens instead of 196.",
+    )
+    hflip_p: float = _f(
+        0.0,
+        "finetune without augment: probability of flipping a training slice left-right (its patch "
+        "targets flip with it). 0.5 is recommended when the training set is small.",
     )
     standardize: bool = _f(
         False,
@@ -364,6 +384,12 @@ class UNetConfig:
     hflip_p: float = _f(0.0, "horizontal flip probability; keep 0: artery identity depends on left/right.")
     intensity_jitter: float = _f(0.1, "brightness/contrast factor range ±x on training patches.")
     patience: int = _f(0, "early stopping on validation mean Dice (0 = off).")
+    init_from: str = _f(
+        "",
+        "a finished `cacstream train unet` run folder whose model initialises this run (same arch); "
+        "the optimizer and the learning-rate schedule start fresh. Use it to train a finished run "
+        "longer (--resume only continues an interrupted one with its own schedule).",
+    )
     data: DataConfig = _f(DataConfig(), "labelled cases; same patient split as the other stages.")
     runtime: RuntimeConfig = _f(RuntimeConfig(), "device, precision, seed.")
 
@@ -501,6 +527,8 @@ def resolve_paths(cfg: T, base: Path) -> T:
     out = dataclasses.replace(cfg, data=dataclasses.replace(data, sources=sources))  # type: ignore[type-var]
     if isinstance(out, ClassifierConfig):
         out = dataclasses.replace(out, backbone=fix(out.backbone))
+    if isinstance(out, UNetConfig) and out.init_from:
+        out = dataclasses.replace(out, init_from=fix(out.init_from))
     return out  # type: ignore[return-value]
 
 
@@ -570,6 +598,8 @@ def validate_config(cfg: Any) -> list[str]:
     if isinstance(cfg, ClassifierConfig):
         if not cfg.backbone:
             p.append("backbone (a `cacstream train dino` run folder) is required")
+        if cfg.feature_mode == "patch_max" and (not cfg.finetune or cfg.maxpool or cfg.avgpool or cfg.augment):
+            p.append("feature_mode patch_max needs finetune = true, augment = false, maxpool = avgpool = false")
         if cfg.feature_mode != "last_blocks" and cfg.n_last_blocks != 1:
             p.append("n_last_blocks only applies to feature_mode 'last_blocks'")
         if cfg.patch_loss_weight < 0 or (cfg.patch_loss_weight > 0 and (not cfg.finetune or cfg.augment)):
@@ -577,6 +607,11 @@ def validate_config(cfg: Any) -> list[str]:
         if cfg.input_window_hu and (not cfg.finetune or len(cfg.input_window_hu) != 2
                                     or cfg.input_window_hu[1] <= cfg.input_window_hu[0]):
             p.append("input_window_hu needs finetune = true and two values [low, high] with high > low")
+        if (cfg.input_size or cfg.input_pool != 1 or cfg.hflip_p) and not cfg.finetune:
+            p.append("input_size, input_pool and hflip_p need finetune = true (the backbone is rebuilt)")
+        if cfg.input_pool < 1 or (cfg.input_size and cfg.input_size % cfg.input_pool):
+            p.append(f"input_pool must be >= 1 and divide input_size, got {cfg.input_pool} and {cfg.input_size}")
+        frac("hflip_p", cfg.hflip_p)
         if cfg.standardize and (cfg.augment or cfg.finetune):
             p.append("standardize needs cached frozen features (augment = false, finetune = false)")
         frac("target_sensitivity", cfg.target_sensitivity)

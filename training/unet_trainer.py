@@ -14,6 +14,7 @@ served on whole slices at ``preprocess.input_size``. The best epoch by validatio
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +56,7 @@ from cacstream.training.runtime import (
     run_stage,
     write_json,
 )
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -173,6 +174,22 @@ def build_unet(cfg: UNetConfig) -> UNet:
     return model
 
 
+def init_from_run(model: UNet, cfg: UNetConfig, run: Path) -> None:
+    """Load a finished U-Net run's final model into ``model``; its arch must be ``cfg``'s."""
+    rec = json.loads((run / RUN_RECORD_FILE).read_text()) if (run / RUN_RECORD_FILE).is_file() else None
+    if rec is None or rec.get("stage") != "unet" or not rec.get("finished"):
+        raise ValueError(f"init_from {run}: not a finished `cacstream train unet` run (no {RUN_RECORD_FILE})")
+    if rec["arch"] != cfg.arch or dict(rec.get("arch_kwargs", {})) != dict(cfg.arch_kwargs):
+        raise ValueError(
+            f"init_from {run}: its arch {rec['arch']} {rec.get('arch_kwargs', {})} differs from this "
+            f"config's {cfg.arch} {cfg.arch_kwargs}"
+        )
+    try:
+        model.load_state_dict(load_file(str(run / rec.get("weights", MODEL_FILE))))
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"init_from {run}: cannot load its model ({e})") from None
+
+
 def train_unet(
     cfg: UNetConfig,
     run_dir: Path,
@@ -202,6 +219,8 @@ def _train_unet(
     seed = cfg.runtime.seed
     torch.manual_seed(seed)
     model = build_unet(cfg).to(device)
+    if cfg.init_from and not resume:  # on resume the checkpoint holds the weights already
+        init_from_run(model, cfg, Path(cfg.init_from))
     if cfg.runtime.compile:
         model.compile()
 
@@ -371,6 +390,7 @@ def _train_unet(
                 "weights": MODEL_FILE,
                 "train_crop": cfg.train_crop,
                 "negative_fraction": cfg.negative_fraction,
+                "init_from": cfg.init_from or None,
                 "data": data_summary(loaded),
                 "metrics": summary,
                 "epochs": mlog.records,

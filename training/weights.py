@@ -24,7 +24,7 @@ from cacstream.engine.domain import ARTERIES, NUM_SEG_CLASSES
 from cacstream.engine.inference.weights_spec import WEIGHTS_FORMAT, WeightsFolderError
 from cacstream.engine.inference.weights_spec import read_config as read_engine_config
 from cacstream.kernels.config import PreprocessConfig
-from cacstream.training.models.classifier import FeatureSpec, LinearHead, SliceFilter
+from cacstream.training.models.classifier import FeatureSpec, SliceFilter, make_head
 from cacstream.training.models.registry import create_model, model_entry
 from cacstream.training.models.unet import UNet
 from cacstream.training.models.vit import VisionTransformer
@@ -151,7 +151,7 @@ def build_slice_filter(cfg: dict[str, Any], where: str) -> tuple[SliceFilter, Fe
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{where}: {e}") from None
     assert isinstance(backbone, VisionTransformer)
-    return SliceFilter(backbone, LinearHead(feature.dim(backbone.embed_dim)), feature), feature
+    return SliceFilter(backbone, make_head(feature, backbone.embed_dim), feature), feature
 
 
 def build_segmenter(cfg: dict[str, Any], where: str) -> UNet:
@@ -194,10 +194,10 @@ def load_weights(
         fc = _need(cfg, FILTER_KEY, dict, where_root)
         model, feature = build_slice_filter(fc, where)
         pre = _preprocess(fc, where)
-        if pre.input_size != model.backbone.img_size:
+        if pre.input_size != model.backbone.img_size * feature.input_pool:
             raise WeightsError(
                 f"{where}: preprocess.input_size {pre.input_size} != backbone img_size "
-                f"{model.backbone.img_size}"
+                f"{model.backbone.img_size} x feature.input_pool {feature.input_pool}"
             )
         threshold = _need(fc, "threshold", (int, float), where)
         if not 0.0 < float(threshold) < 1.0:

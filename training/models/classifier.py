@@ -8,10 +8,22 @@ Feature read-outs (recorded in the weights' ``config.json`` so serving reads the
 * ``last_blocks`` — [CLS] of the last ``n_last_blocks`` blocks concatenated (DINO's linear evaluation
   for ViT-S uses 4), optionally with the avg-pooled patch tokens (``avgpool``).
 
-Any mode may add ``maxpool``: the channel-wise maximum over the patch tokens of each block it reads
+* ``patch_max`` — one linear layer applied to every last-block patch token, the slice logit is the
+  maximum over the patches (multiple-instance read-out: a slice holds calcium when one of its patches
+  does). The layer is trained on the per-patch calcium labels and the slice label at once, so the
+  label maps guide the exact function that is served. Not in the paper; recommended when the backbone
+  is fine-tuned on a CPU budget (docs/models.md).
+
+Any of the first three modes may add ``maxpool``: the channel-wise maximum over the patch tokens of each block it reads
 (the last block, or each of the last ``n_last_blocks``), appended after the other parts. Calcium is a
 few pixels of a 224² slice, i.e. one or two of 196 patch tokens: averaging dilutes that token ~200
 times, the maximum keeps it, so a linear layer can answer "does any patch look like calcium?".
+
+``input_pool`` > 1 puts a fixed ``input_pool``×``input_pool`` max-pool in front of the backbone: the
+filter is served 512² slices and its ViT sees a 128² one (``input_pool`` 4). A max-pool keeps a
+calcification's full contrast however small it is, where a bilinear resize to 224² averages it into
+its neighbours (docs/models.md measures 10-19 % of calcified phantom slices whose lesion falls below
+130 HU that way). It is part of the exported graph, so every backend runs the same front.
 """
 
 from __future__ import annotations
@@ -20,10 +32,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from cacstream.training.models.vit import VisionTransformer
 from torch import Tensor, nn
 
-FeatureMode = Literal["cls", "cls_avgpool", "last_blocks"]
+FeatureMode = Literal["cls", "cls_avgpool", "last_blocks", "patch_max"]
 
 
 @dataclass(frozen=True)
@@ -34,18 +47,25 @@ class FeatureSpec:
     n_last_blocks: int = 1
     avgpool: bool = False
     maxpool: bool = False
+    input_pool: int = 1
 
     def __post_init__(self) -> None:
-        if self.mode not in ("cls", "cls_avgpool", "last_blocks"):
-            raise ValueError(f"feature mode must be cls, cls_avgpool or last_blocks, got {self.mode!r}")
+        if not 1 <= self.input_pool <= 16:
+            raise ValueError(f"input_pool must be in 1..16, got {self.input_pool}")
+        if self.mode not in ("cls", "cls_avgpool", "last_blocks", "patch_max"):
+            raise ValueError(
+                f"feature mode must be cls, cls_avgpool, last_blocks or patch_max, got {self.mode!r}"
+            )
+        if self.mode == "patch_max" and (self.maxpool or self.avgpool):
+            raise ValueError("patch_max reads every patch token: maxpool/avgpool do not apply")
         if self.n_last_blocks < 1:
             raise ValueError(f"n_last_blocks must be >= 1, got {self.n_last_blocks}")
         if self.mode != "last_blocks" and self.n_last_blocks != 1:
             raise ValueError("n_last_blocks only applies to mode 'last_blocks'")
 
     def dim(self, embed_dim: int) -> int:
-        """Width of the feature vector for a backbone of ``embed_dim``."""
-        if self.mode == "cls":
+        """Width of the feature vector (per patch token for ``patch_max``) for a backbone of ``embed_dim``."""
+        if self.mode in ("cls", "patch_max"):
             base = embed_dim
         elif self.mode == "cls_avgpool":
             base = 2 * embed_dim
@@ -64,6 +84,7 @@ class FeatureSpec:
             "n_last_blocks": self.n_last_blocks,
             "avgpool": self.avgpool,
             "maxpool": self.maxpool,
+            "input_pool": self.input_pool,
         }
 
     @classmethod
@@ -73,17 +94,21 @@ class FeatureSpec:
             n_last_blocks=int(d.get("n_last_blocks", 1)),
             avgpool=bool(d.get("avgpool", False)),
             maxpool=bool(d.get("maxpool", False)),
+            input_pool=int(d.get("input_pool", 1)),
         )
 
 
 def extract_features(backbone: VisionTransformer, x: Tensor, spec: FeatureSpec) -> Tensor:
-    """The (B, spec.dim(D)) feature vector of a batch of slices (B, 1, S, S)."""
+    """The (B, spec.dim(D)) feature vector of a batch of slices (B, 1, S, S); (B, N, D) patch tokens
+    for ``patch_max``."""
     return features_and_patch_tokens(backbone, x, spec)[0]
 
 
 def features_and_patch_tokens(backbone: VisionTransformer, x: Tensor, spec: FeatureSpec) -> tuple[Tensor, Tensor]:
     """:func:`extract_features` plus the last block's normalised patch tokens (B, N, D), from one
     forward pass (the trainer's per-patch calcium guidance reads them)."""
+    if spec.input_pool > 1:
+        x = F.max_pool2d(x, spec.input_pool)
     if spec.mode == "last_blocks":
         layers = backbone.get_intermediate_layers(x, spec.n_last_blocks)
         parts = [t[:, 0] for t in layers]
@@ -91,6 +116,8 @@ def features_and_patch_tokens(backbone: VisionTransformer, x: Tensor, spec: Feat
             parts.append(layers[-1][:, 1:].mean(dim=1))
     else:
         tokens = backbone.forward_features(x)
+        if spec.mode == "patch_max":
+            return tokens[:, 1:], tokens[:, 1:]
         layers = [tokens]
         parts = [tokens[:, 0]]
         if spec.mode == "cls_avgpool":
@@ -112,6 +139,23 @@ class LinearHead(nn.Module):
 
     def forward(self, feats: Tensor) -> Tensor:
         return self.linear(feats).squeeze(-1)
+
+
+class PatchMaxHead(LinearHead):
+    """The ``patch_max`` read-out: the linear layer on every patch token (B, N, D), max over N."""
+
+    def patch_logits(self, tokens: Tensor) -> Tensor:
+        """(B, N) per-patch logits: the training target is "this patch holds labelled calcium"."""
+        return self.linear(tokens).squeeze(-1)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return self.patch_logits(feats).amax(dim=-1)
+
+
+def make_head(spec: FeatureSpec, embed_dim: int) -> LinearHead:
+    """The linear layer that ``spec``'s read-out needs."""
+    cls = PatchMaxHead if spec.mode == "patch_max" else LinearHead
+    return cls(spec.dim(embed_dim))
 
 
 class SliceFilter(nn.Module):
