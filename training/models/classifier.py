@@ -22,7 +22,7 @@ times, the maximum keeps it, so a linear layer can answer "does any patch look l
 ``input_pool`` > 1 puts a fixed ``input_pool``×``input_pool`` max-pool in front of the backbone: the
 filter is served 512² slices and its ViT sees a 128² one (``input_pool`` 4). A max-pool keeps a
 calcification's full contrast however small it is, where a bilinear resize to 224² averages it into
-its neighbours (docs/models.md measures 10-19 % of calcified phantom slices whose lesion falls below
+its neighbours (docs/models.md measures 10-28 % of calcified phantom slices whose lesion falls below
 130 HU that way). It is part of the exported graph, so every backend runs the same front.
 """
 
