@@ -19,7 +19,7 @@
 #       DINO-LG ViT-Tiny/16 (training/configs/default_dino.toml)  |  U-Net-16 (default_unet.toml)
 #  3. in parallel: slice filter, DINO-LG backbone behind a 4x4 max-pool, fine-tuned, patch_max
 #       read-out (default_classifier.toml)  |  the U-Net trained longer from stage 2's model
-#       (default_unet_continue.toml)  |  the ablation's plain-DINO backbone, GLC 0 (default_glc0_dino.toml)
+#       (default_long_unet.toml)  |  the ablation's plain-DINO backbone, GLC 0 (default_glc0_dino.toml)
 #  4. export (ONNX checked against PyTorch), then package: fp16 safetensors, ONNX made on first use
 #  5. held-out evaluation (40 phantoms, seeds 5000..5039) + COCA report -> config.json, docs/models.md
 #  6. ablation (paper Table 6): frozen-[CLS] linear filters on both backbones, held-out slices
@@ -72,7 +72,7 @@ wait $p1; wait $p2
 say "3/6 slice filter | U-Net trained longer${ABLATION:+ | ablation DINO (GLC 0) backbone}"
 pids=()
 train classifier $CONF/default_classifier.toml $RUNS/classifier & pids+=($!)
-train unet $CONF/default_unet_continue.toml $RUNS/unet-long & pids+=($!)
+train unet $CONF/default_long_unet.toml $RUNS/unet-long & pids+=($!)
 if [ "$ABLATION" = 1 ]; then train dino $CONF/default_glc0_dino.toml $RUNS/dino-glc0 & pids+=($!); fi
 for p in "${pids[@]}"; do wait "$p"; done
 

@@ -231,7 +231,7 @@ def test_onnxruntime_runs_an_int8_qdq_graph(models: dict, tmp_path: Path) -> Non
 
 def test_onnxruntime_rejects_a_graph_of_another_input_size(models: dict) -> None:
     _, spec = models["filter"]
-    with pytest.raises(ValueError, match=r"slice_filter\.onnx.*\(batch, 1, 32, 32\).*\(batch, 1, 48, 48\)"):
+    with pytest.raises(ValueError, match=r"slice_filter\.onnx.*\(batch, 1, 64, 64\).*\(batch, 1, 48, 48\)"):
         OnnxRuntimeBackend(spec.onnx_path("fp32"), "filter", expected_input_shape=(1, 48, 48))
 
 
