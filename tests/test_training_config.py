@@ -93,6 +93,24 @@ def test_classifier_needs_backbone_and_unet_sizes() -> None:
     assert isinstance(cfg, UNetConfig) and cfg.preprocess.input_size == 512
 
 
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"feature_mode": "patch_max"}, r"feature_mode patch_max needs finetune = true"),
+        ({"feature_mode": "patch_max", "finetune": True, "maxpool": True}, r"maxpool = avgpool = false"),
+        ({"input_pool": 4}, r"input_size, input_pool and hflip_p need finetune = true"),
+        ({"finetune": True, "input_size": 510, "input_pool": 4}, r"input_pool must be >= 1 and divide input_size"),
+        ({"finetune": True, "hflip_p": 1.5}, r"hflip_p must be in \[0, 1\]"),
+    ],
+)
+def test_filter_front_and_read_out_options_are_checked(over: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict("classifier", {"data": DATA, "backbone": "runs/dino", **over})
+    ok = {"data": DATA, "backbone": "runs/dino", "finetune": True, "feature_mode": "patch_max",
+          "input_size": 512, "input_pool": 4, "hflip_p": 0.5}
+    assert config_from_dict("classifier", ok).input_pool == 4
+
+
 def test_every_field_is_documented_and_round_trips() -> None:
     for stage, cls in STAGES.items():
         text = describe_config(cls)
