@@ -14,7 +14,6 @@ served on whole slices at ``preprocess.input_size``. The best epoch by validatio
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from cacstream.training.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
+from cacstream.training.classifier_trainer import RunError, read_run_record
 from cacstream.training.config import UNetConfig
 from cacstream.training.datasets.preprocess import resize_labels
 from cacstream.training.datasets.slices import IGNORE_INDEX, SegmentationSliceDataset, SliceRef, select_slices
@@ -176,9 +176,10 @@ def build_unet(cfg: UNetConfig) -> UNet:
 
 def init_from_run(model: UNet, cfg: UNetConfig, run: Path) -> None:
     """Load a finished U-Net run's final model into ``model``; its arch must be ``cfg``'s."""
-    rec = json.loads((run / RUN_RECORD_FILE).read_text()) if (run / RUN_RECORD_FILE).is_file() else None
-    if rec is None or rec.get("stage") != "unet" or not rec.get("finished"):
-        raise ValueError(f"init_from {run}: not a finished `cacstream train unet` run (no {RUN_RECORD_FILE})")
+    try:
+        rec = read_run_record(run, "unet")
+    except RunError as e:
+        raise ValueError(f"init_from {run}: not a finished `cacstream train unet` run ({e})") from None
     if rec["arch"] != cfg.arch or dict(rec.get("arch_kwargs", {})) != dict(cfg.arch_kwargs):
         raise ValueError(
             f"init_from {run}: its arch {rec['arch']} {rec.get('arch_kwargs', {})} differs from this "
