@@ -110,15 +110,17 @@ class Counts:
 
 
 def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -> PrecisionResult:
-    """Filter → segment flagged slices → Agatston, as the pipeline does (unflagged slices: no calcium)."""
+    """Filter → segment flagged slices (around their flagged patches, when the models tile) → Agatston,
+    as the pipeline does (unflagged slices: no calcium)."""
     from cacstream.engine.scoring.agatston import score_volume
 
     t0 = time.perf_counter()
-    p = np.asarray(models.filter_probabilities(hu), dtype=np.float64)
+    p, patches = models.filter_decisions(hu)
+    p = np.asarray(p, dtype=np.float64)
     flags = p >= models.filter_threshold
     labels = np.zeros(hu.shape, np.uint8)
     if flags.any():
-        labels[flags] = models.segment(hu[flags])
+        labels[flags] = models.segment(hu[flags], None if patches is None else patches[flags])
     res = score_volume(hu, geometry, labels, agatston)
     return PrecisionResult(
         p,

@@ -84,3 +84,6 @@ class ScoreConfig:
     precision: str = "fp32"
     batch_size: int = 16
     decode_threads: int = 0  # 0 = one per core
+    #: What the segmenter sees of a flagged slice: "patches" (the cores around the slice filter's
+    #: flagged patches, engine/inference/regions.py) or "slice" (the whole slice, as in the paper).
+    segment_regions: Literal["patches", "slice"] = "patches"

@@ -46,7 +46,12 @@ class FakeRuntime:
             self.filter_batches.append(len(hu_slices))
         return np.where(fake_flags(np.asarray(hu_slices)), 0.9, 0.1)
 
-    def segment(self, hu_slices: np.ndarray) -> np.ndarray:
+    def filter_decisions(self, hu_slices: np.ndarray) -> tuple[np.ndarray, None]:
+        """A filter without patch logits: whole slices are segmented."""
+        return self.filter_probabilities(hu_slices), None
+
+    def segment(self, hu_slices: np.ndarray, regions: object = None) -> np.ndarray:
+        assert regions is None, "a filter without patch logits has no regions"
         with self._lock:
             self.segment_batches.append(len(hu_slices))
         return fake_labels(np.asarray(hu_slices))

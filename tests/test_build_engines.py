@@ -353,13 +353,19 @@ def test_runtime_on_tensorrt_builds_missing_engines_and_agrees(fake_trt, tiny_we
         CalciumModels.load(w, backend="tensorrt", device="cuda:0", build_engines=False)
     m = CalciumModels.load(w, backend="tensorrt", precision="fp32", device="cuda:0", batch_size=4)
     assert (m.info.backend, m.info.precision) == ("tensorrt", "fp32") and m.info.device.startswith("cuda:0")
-    assert sorted(p.name for p in (w / "engines").glob("*.plan")) == ["segmenter.fp32.plan", "slice_filter.fp32.plan"]
+    # the segmenter twice: whole slices and the tiles around flagged filter patches (regions.py)
+    assert m.tile_grid is not None
+    tile = f"segmenter_tile{m.tile_grid.tile}.fp32.plan"
+    assert sorted(p.name for p in (w / "engines").glob("*.plan")) == sorted(
+        ["segmenter.fp32.plan", tile, "slice_filter.fp32.plan"])
     auto = CalciumModels.load(w, backend="auto", precision="fp32", device="cuda:0", batch_size=4)
-    assert auto.choice.name == "tensorrt" and len(fake_trt.builds) == 2  # fresh engines are reused
+    assert auto.choice.name == "tensorrt" and len(fake_trt.builds) == 3  # fresh engines are reused
     cpu = CalciumModels.load(w, backend="onnxruntime", device="cpu", batch_size=4)
     hu = make_phantom(9600, PhantomConfig(matrix=64, z_coverage_mm=15.0)).hu
     np.testing.assert_allclose(m.filter_probabilities(hu), cpu.filter_probabilities(hu), atol=1e-6)
     np.testing.assert_array_equal(m.segment(hu), cpu.segment(hu))
+    _, patches = cpu.filter_decisions(hu)
+    np.testing.assert_array_equal(m.segment(hu, patches), cpu.segment(hu, patches))
 
 
 def test_command_builds_then_keeps_engines(fake_trt, tiny_weights: Path, tmp_path: Path,

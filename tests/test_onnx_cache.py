@@ -70,7 +70,9 @@ def test_auto_backend_generates_onnx_on_first_use(packaged: Path, tmp_path: Path
     ort_m = CalciumModels.load(packaged, backend="auto", batch_size=4, threads=1)
     assert ort_m.choice.name == "onnxruntime"
     made = sorted(p.name for p in (tmp_path / "engines" / "pkg").glob("*.onnx"))
-    assert made == ["segmenter.onnx", "slice_filter.onnx"]
+    assert ort_m.tile_grid is not None  # the patch_max filter's patches tile the segmenter's input
+    tile = f"segmenter.tile{ort_m.tile_grid.tile}.onnx"
+    assert made == sorted(["segmenter.onnx", tile, "slice_filter.onnx"])
     side = json.loads((tmp_path / "engines" / "pkg" / "slice_filter.onnx.json").read_text())
     import hashlib
 
@@ -79,6 +81,8 @@ def test_auto_backend_generates_onnx_on_first_use(packaged: Path, tmp_path: Path
     torch_m = CalciumModels.load(packaged, backend="torch", batch_size=4, threads=1)
     np.testing.assert_allclose(ort_m.filter_probabilities(hu), torch_m.filter_probabilities(hu), atol=1e-5)
     np.testing.assert_array_equal(ort_m.segment(hu[:3]), torch_m.segment(hu[:3]))
+    _, patches = ort_m.filter_decisions(hu[:3])
+    np.testing.assert_array_equal(ort_m.segment(hu[:3], patches), torch_m.segment(hu[:3], patches))
     # second load: the cached files are reused, not rewritten
     mtime = (tmp_path / "engines" / "pkg" / "slice_filter.onnx").stat().st_mtime_ns
     CalciumModels.load(packaged, backend="onnxruntime", batch_size=4, threads=1)

@@ -256,12 +256,18 @@ def test_patch_max_filter_learns_exports_and_serves_its_max_pool(work: Path, pat
     pooled = x.reshape(3, 1, 32, 2, 32, 2).amax(dim=(3, 5))
     with torch.no_grad():
         tokens = model.backbone.forward_features(pooled)[:, 1:]
-        expect = (tokens @ model.head.linear.weight[0] + model.head.linear.bias[0]).amax(dim=1)
+        patches = tokens @ model.head.linear.weight[0] + model.head.linear.bias[0]  # (3, G²)
+        expect = patches.amax(dim=1)
         np.testing.assert_allclose(model(x).numpy(), expect.numpy(), rtol=1e-5, atol=1e-5)
+    # served (ONNX): the slice logit, then the G×G patch logits row-major
+    served = torch.cat([expect[:, None], patches], dim=1).numpy()
+    g = model.backbone.img_size // model.backbone.patch_size
+    assert served.shape == (3, 1 + g * g)
+    assert json.loads((out / "config.json").read_text())["slice_filter"]["output"]["shape"] == ["batch", 1 + g * g]
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(filt.onnx_path), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, {"slices": x.numpy()})[0], expect.numpy(), atol=1e-4)
+    np.testing.assert_allclose(sess.run(None, {"slices": x.numpy()})[0], served, atol=1e-4)
 
 
 def test_segmentation_loss_ignores_non_candidates_exactly() -> None:

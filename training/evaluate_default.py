@@ -174,10 +174,12 @@ def seen_heldout_seeds(weights: Path, first: int, n: int) -> list[int]:
     return seen_seeds(weights, first, n)
 
 
-def load_runtime(weights: Path, backend: str = "auto", threads: int | None = None) -> Any:
+def load_runtime(weights: Path, backend: str = "auto", threads: int | None = None, regions: str = "patches") -> Any:
+    from cacstream.engine.inference.regions import RegionConfig
     from cacstream.engine.inference.runtime import CalciumModels
 
-    return CalciumModels.load(weights, backend=backend, batch_size=16, threads=threads)
+    return CalciumModels.load(weights, backend=backend, batch_size=16, threads=threads,
+                              regions=RegionConfig(mode=regions))  # type: ignore[arg-type]
 
 
 def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -254,6 +256,7 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
             "series_with_touching_lesion": sum(r["model_lesions_touching_other"] > 0 for r in rows),
         },
         "seconds_per_series_median": float(np.median([r["seconds"] for r in rows])) if rows else None,
+        "segment_regions": getattr(models, "region_rule", None),
     }
     return metrics, rows
 
@@ -614,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--cache", type=Path, default=Path("runs/heldout-cache"), help="held-out phantom cache.")
     h.add_argument("--coca", type=Path, default=None, help="COCA sample root (default: ../shared/data/coca-sample).")
     h.add_argument("--backend", default="auto", help="engine backend (auto = ONNX Runtime on a CPU).")
+    h.add_argument("--segment-regions", choices=("patches", "slice"), default="patches",
+                   help="what the U-Net sees of a flagged slice: the cores around the filter's flagged patches "
+                        "(the engine's default) or the whole slice (the paper; for comparison).")
     h.add_argument("--update-config", action="store_true", help="write the metrics into WEIGHTS/config.json.")
     h.add_argument("--quiet", action="store_true", help="no progress bar.")
     a = sub.add_parser("ablation", help="paper Table 6: linear filters on GLC 0 vs GLC 4 backbones.")
@@ -645,13 +651,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args.out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        models = load_runtime(args.weights, args.backend)
+        models = load_runtime(args.weights, args.backend, regions=args.segment_regions)
         metrics, rows = evaluate_heldout(models, heldout_cases(args.first_seed, args.n, args.cache), args.n, args.quiet)
         coca_root = args.coca or Path(__file__).resolve().parents[2] / "shared" / "data" / "coca-sample"
         coca_rows = evaluate_coca(models, coca_root) if coca_root.is_dir() else []
         info = models.info
         context = {"weights": str(args.weights), "weights_id": info.weights_id, "backend": info.backend,
-                   "precision": info.precision, "command": command, "seconds": round(time.time() - t0, 1)}
+                   "precision": info.precision, "segment_regions": info.segment_regions, "command": command,
+                   "seconds": round(time.time() - t0, 1)}
         (args.out / "metrics.json").write_text(json.dumps({"context": context, "heldout": metrics, "series": rows,
                                                            "coca": coca_rows}, indent=1, default=str) + "\n")
         with open(args.out / "heldout_series.csv", "w", newline="") as fh:

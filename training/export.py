@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from cacstream.training.classifier_trainer import read_run_record
+from cacstream.training.models.classifier import served_filter, served_output_spec
 from cacstream.training.runtime import MODEL_FILE, environment, write_json
 from cacstream.training.weights import (
     CONFIG_FILE,
@@ -262,14 +263,10 @@ def export_weights(
                 "shape": ["batch", 1, rec["preprocess"]["input_size"], rec["preprocess"]["input_size"]],
                 "dtype": "float32",
             },
-            "output": {
-                "name": "logits",
-                "shape": ["batch"],
-                "meaning": "calcified-slice logit; flag when sigmoid(logit) >= threshold",
-            },
         }
         model, _ = build_slice_filter(section, f"{classifier_run}")
         _load_into(model, Path(classifier_run) / rec.get("weights", MODEL_FILE))
+        section["output"] = served_output_spec(model)
         weights = out_dir / "slice_filter.safetensors"
         save_file(
             {k: v.contiguous() for k, v in model.state_dict().items()},
@@ -280,7 +277,7 @@ def export_weights(
         if onnx:
             section.update(
                 _onnx_part(
-                    model,
+                    served_filter(model.eval()),
                     rec["preprocess"]["input_size"],
                     out_dir,
                     "slice_filter",

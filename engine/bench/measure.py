@@ -85,18 +85,17 @@ def stage_profile(series_dir: Path, models: Any, agatston: Any, out_dir: Path) -
     xf = models.preprocess(hu, "filter")
     st.ms["preprocess"] = _ms(t0)
     t0 = time.perf_counter()
-    p = models.probabilities(models.infer(xf, "filter").logits)
+    raw = models.infer(xf, "filter").logits
+    p = models.probabilities(raw)
+    patches = models.patch_flags(raw)
     flags = p >= models.filter_threshold
     st.ms["filter"] = _ms(t0)
     st.flagged = int(flags.sum())
     labels = np.zeros(hu.shape, np.uint8)
     st.ms["segment"] = 0.0
     if flags.any():
-        t0 = time.perf_counter()
-        xs = models.preprocess(hu[flags], "segmenter")
-        st.ms["preprocess"] += _ms(t0)
-        t0 = time.perf_counter()
-        labels[flags] = models.labels_from_logits(models.infer(xs, "segmenter").logits, hu.shape[1:])
+        t0 = time.perf_counter()  # the segmenter's preprocessing is inside (tiles are cut from its input)
+        labels[flags] = models.segment(hu[flags], None if patches is None else patches[flags])
         st.ms["segment"] = _ms(t0)
     t0 = time.perf_counter()
     res = score_volume(hu, series.geometry, labels, agatston)

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         batch_size=args.batch_size,
         decode_threads=args.threads,
+        segment_regions=args.segment_regions,
     )
     from cacstream.engine.pipeline.outputs import OutputConfig
 

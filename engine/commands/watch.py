@@ -96,7 +96,8 @@ def score_config_from_args(args: argparse.Namespace):
         raise SystemExit("error: --batch-size must be >= 1")
     return ScoreConfig(mode=args.mode, agatston=agatston_config_from_args(args),
                        eligibility=eligibility_config_from_args(args), weights_dir=args.weights,
-                       backend=args.backend, precision=args.precision, batch_size=args.batch_size)
+                       backend=args.backend, precision=args.precision, batch_size=args.batch_size,
+                       segment_regions=args.segment_regions)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: config.json key (per model section) that allows generating the fp32 ONNX file on first use.
 FLAG = "onnx_on_first_use"
 _LOCK = threading.Lock()
+#: What the generated graphs compute; a file made by an older version is regenerated. 2: the slice
+#: filter of a ``patch_max`` model also outputs its patch logits (ServedSliceFilter).
+GRAPH_VERSION = 2
 
 
 class OnnxCacheError(RuntimeError):
@@ -67,7 +70,7 @@ def cached_onnx(spec: Any, dirs: list[Path]) -> Path | None:
             except (OSError, json.JSONDecodeError):
                 continue
             digest = digest or file_sha256(weights)
-            if meta.get("weights_sha256") == digest:
+            if meta.get("weights_sha256") == digest and meta.get("graph") == GRAPH_VERSION:
                 return p
     return None
 
@@ -99,6 +102,10 @@ def generate_onnx(spec: Any, dirs: list[Path], tolerance: float = 1e-3) -> Path:
     loaded = bundle.slice_filter if spec.role == "filter" else bundle.segmenter
     assert loaded is not None
     model = loaded.model.eval()
+    if spec.role == "filter":
+        from cacstream.training.models.classifier import served_filter
+
+        model = served_filter(model)  # slice logit + patch logits (segmentation regions)
     target = next((Path(d) for d in dirs if _writable(Path(d))), None)
     if target is None:
         raise OnnxCacheError(f"no writable folder for the {spec.section} ONNX file (tried {', '.join(map(str, dirs))})")
@@ -116,7 +123,8 @@ def generate_onnx(spec: Any, dirs: list[Path], tolerance: float = 1e-3) -> Path:
         if not check.passed:
             raise OnnxCacheError(f"{final}: ONNX Runtime differs from PyTorch by {check.max_abs_diff:.3g} "
                                  f"(tolerance {tolerance:.3g}); not used")
-        meta = {"generated_from": weights.name, "weights_sha256": file_sha256(weights), "onnx_check": check.to_dict(),
+        meta = {"generated_from": weights.name, "weights_sha256": file_sha256(weights), "graph": GRAPH_VERSION,
+                "onnx_check": check.to_dict(),
                 "torch": torch.__version__}
         os.replace(tmp, final)
         side = _sidecar(final)

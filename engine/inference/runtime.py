@@ -31,6 +31,15 @@ from typing import Any
 import numpy as np
 from cacstream.engine.backends.base import Backend, BackendUnavailable, InferenceResult, array_family
 from cacstream.engine.backends.select import BackendChoice, auto_candidates, select_backend
+from cacstream.engine.inference.regions import (
+    RegionConfig,
+    TileGrid,
+    cut_tiles,
+    paste_cores,
+    plan_tiles,
+    split_filter_logits,
+    tile_grid,
+)
 from cacstream.engine.inference.weights_spec import (
     ModelSpec,
     WeightsFolderError,
@@ -115,20 +124,26 @@ class CalciumModels:
     segmenter_backend: Backend
     choice: BackendChoice
     notes: list[str] = field(default_factory=list)
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    #: The tiling segmentation uses (None: whole slices) and the backend that runs its tiles.
+    tile_grid: TileGrid | None = None
+    tile_backend: Backend | None = None
 
     # ---------------------------------------------------------------------------------- loading
 
     @classmethod
     def load(cls, weights_dir: Path | str, backend: str = "auto", precision: str = "fp32", batch_size: int = 16,
              device: str | None = None, *, threads: int | None = None, engine_dir: Path | None = None,
-             build_engines: bool = True, cuda_graphs: bool = True) -> CalciumModels:
+             build_engines: bool = True, cuda_graphs: bool = True,
+             regions: RegionConfig | None = None) -> CalciumModels:
         """Load both models of ``weights_dir`` on ``backend`` (auto: the fastest present, falling back
         in order when a model file for the precision is missing) at ``precision``.
 
         batch_size: slices per model call (larger inputs are chunked). device: None/"auto", "cpu",
         "cuda[:N]". threads: CPU threads (None: the runtime's defaults). engine_dir: TensorRT engine
         folder (default :func:`engines.default_engine_dir`); build_engines: build missing or stale
-        engines on load (False: refuse to run without fresh ones).
+        engines on load (False: refuse to run without fresh ones). regions: which parts of a flagged
+        slice are segmented (default: the cores around flagged filter patches, ``regions.py``).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -158,8 +173,43 @@ class CalciumModels:
                 log.warning("backend auto: %s unavailable (%s); trying the next", choice.name, e)
                 last = e
                 continue
-            return cls(spec, filt, seg, choice, notes)
+            models = cls(spec, filt, seg, choice, notes, regions or RegionConfig())
+            models._set_up_tiles(dict(batch_size=batch_size, threads=threads, engine_dir=engine_dir,
+                                      build_engines=build_engines, cuda_graphs=cuda_graphs,
+                                      strict=backend != "auto", modules=modules))
+            return models
         raise BackendUnavailable("backend auto: no backend could load these weights: " + "; ".join(notes)) from last
+
+    def _set_up_tiles(self, load: dict[str, Any]) -> None:
+        """Decide the segmentation regions: probe the filter for patch logits and, when the config asks
+        for patch regions, load the segmenter once more at the tile size. Anything that stops it is a
+        note and a warning, and segmentation falls back to whole slices (never a failed load)."""
+        if self.regions.mode != "patches":
+            return
+        from cacstream.engine.backends.base import to_numpy_f32
+
+        c, h, w = self.filter_backend.input_shape
+        probe = self.filter_backend.infer(np.zeros((1, c, h, w), np.dtype(self.filter_backend.input_dtype)))
+        _, patches = split_filter_logits(to_numpy_f32(probe.logits))
+        grid = tile_grid(self.regions, None if patches is None else int(patches.shape[1]),
+                         int(self.segmenter_backend.input_shape[-1]))
+        if grid is None:
+            why = ("the slice filter outputs no patch logits" if patches is None
+                   else f"its {patches.shape[1]}x{patches.shape[1]} patch grid does not tile the segmenter's input")
+            self.notes.append(f"segment regions: whole slices ({why})")
+            return
+        try:
+            self.tile_backend = _make_tile_backend(self.choice, self.spec.model("segmenter"), grid.tile, **load)
+        except (BackendUnavailable, WeightsFolderError, ValueError, OSError) as e:
+            self.notes.append(f"segment regions: whole slices (the {grid.tile}² tile model could not be loaded: {e})")
+            log.warning("segment regions: falling back to whole slices: %s", e)
+            return
+        self.tile_grid = grid
+
+    @property
+    def region_rule(self) -> str:
+        """What a flagged slice's segmentation covers, in words (goes into every report)."""
+        return self.tile_grid.describe() if self.tile_grid is not None else "whole slice"
 
     # ------------------------------------------------------------------------------- properties
 
@@ -167,6 +217,7 @@ class CalciumModels:
     def info(self) -> ModelInfo:
         return ModelInfo(weights_id=self.spec.weights_id, backend=self.choice.name, precision=self.choice.precision,
                          device=self.filter_backend.device, filter_threshold=self.filter_threshold,
+                         segment_regions=self.region_rule,
                          validation_warning=validation_warning(self.spec.config))
 
     @property
@@ -227,7 +278,23 @@ class CalciumModels:
         """Slice-filter logits -> probability that the slice holds coronary calcium, (N,) float64."""
         from cacstream.engine.backends.base import to_numpy_f32
 
-        return sigmoid(to_numpy_f32(filter_logits).reshape(-1))
+        return sigmoid(split_filter_logits(to_numpy_f32(filter_logits))[0])
+
+    def patch_flags(self, filter_logits: Any) -> np.ndarray | None:
+        """Slice-filter logits -> (N, G, G) bool: the patches that pass the operating threshold (None
+        for a filter without patch logits). A flagged slice always has a flagged patch: its slice logit
+        is the maximum of its patch logits; should rounding ever break that, its top patch is taken."""
+        from cacstream.engine.backends.base import to_numpy_f32
+
+        slice_logits, patches = split_filter_logits(to_numpy_f32(filter_logits))
+        if patches is None:
+            return None
+        thr = self.filter_threshold
+        flags = sigmoid(patches) >= thr
+        lost = (sigmoid(slice_logits) >= thr) & ~flags.any(axis=(1, 2))
+        for i in np.nonzero(lost)[0]:
+            flags[i].flat[int(np.argmax(patches[i]))] = True
+        return flags
 
     def labels_from_logits(self, seg_logits: Any, native_hw: tuple[int, int]) -> np.ndarray:
         """Segmenter logits (N, 5, S, S) -> uint8 labels (N, H, W): argmax (lowest class on ties),
@@ -251,46 +318,78 @@ class CalciumModels:
 
     def filter_logits(self, hu_slices: Any) -> np.ndarray:
         """Raw slice-filter logits (N,) float32 (for calibration / evaluation tools)."""
-        return np.asarray(self._filter_result(hu_slices)[0], dtype=np.float32).reshape(-1)
+        return split_filter_logits(self._filter_result(hu_slices)[0])[0]
 
     def _filter_result(self, hu_slices: Any) -> tuple[np.ndarray, float]:
+        """The served filter output, (N,) or (N, 1 + G²) float32 (see ``regions.split_filter_logits``)."""
         from cacstream.engine.backends.base import to_numpy_f32
 
         if isinstance(hu_slices, (list, tuple)) and len({tuple(s.shape) for s in hu_slices}) > 1:
             groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
             for i, s in enumerate(hu_slices):
                 groups[tuple(s.shape)].append(i)
-            out = np.zeros(len(hu_slices), np.float32)
+            out: np.ndarray | None = None
             ms = 0.0
             for idx in groups.values():
                 part, t = self._filter_result([hu_slices[i] for i in idx])
+                if out is None:
+                    out = np.zeros((len(hu_slices), *part.shape[1:]), np.float32)
                 out[idx] = part
                 ms += t
+            assert out is not None
             return out, ms
         x = self.preprocess(hu_slices, "filter")
         res = self.infer(x, "filter")
-        return to_numpy_f32(res.logits).reshape(-1), res.elapsed_ms
+        out = to_numpy_f32(res.logits)
+        return (out.reshape(-1) if out.ndim <= 1 or out.shape[1:] == (1,) else out), res.elapsed_ms
 
     def filter_probabilities(self, hu_slices: Any) -> np.ndarray:
         """Probability (float64, (N,)) that each HU slice holds coronary calcium."""
-        return sigmoid(self._filter_result(hu_slices)[0])
+        return self.probabilities(self._filter_result(hu_slices)[0])
+
+    def filter_decisions(self, hu_slices: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N,), flagged patches (N, G, G) or None) from one filter pass."""
+        raw = self._filter_result(hu_slices)[0]
+        return self.probabilities(raw), self.patch_flags(raw)
 
     def filter_flags(self, hu_slices: Any) -> np.ndarray:
         """Slices to segment: probability >= the weights' operating threshold, (N,) bool."""
         return self.filter_probabilities(hu_slices) >= self.filter_threshold
 
-    def segment(self, hu_slices: Any) -> np.ndarray:
-        """uint8 artery labels (N, H, W) at the slices' native size (0 background, 1 LM .. 4 RCA)."""
+    def segment(self, hu_slices: Any, regions: Any = None) -> np.ndarray:
+        """uint8 artery labels (N, H, W) at the slices' native size (0 background, 1 LM .. 4 RCA).
+
+        ``regions``: the filter's flagged patches per slice ((N, G, G) bool, from
+        :meth:`filter_decisions`). With a tile grid set up, only the cores around them are segmented
+        and the rest of each slice is background; without one (or regions None) whole slices are."""
         stack = _as_stack(hu_slices)
-        if stack.shape[0] == 0:
+        n = int(stack.shape[0])
+        if n == 0:
             return np.zeros(tuple(stack.shape), np.uint8)
+        native = (int(stack.shape[1]), int(stack.shape[2]))
         x = self.preprocess(stack, "segmenter")
-        res = self.infer(x, "segmenter")
-        return self.labels_from_logits(res.logits, (int(stack.shape[1]), int(stack.shape[2])))
+        grid = self.tile_grid
+        if grid is None or regions is None:
+            res = self.infer(x, "segmenter")
+            return self.labels_from_logits(res.logits, native)
+        if len(regions) != n:
+            raise ValueError(f"{len(regions)} region maps for {n} slices")
+        plan = plan_tiles([np.asarray(r) for r in regions], grid)
+        served = np.zeros((n, grid.served, grid.served), np.uint8)
+        if plan:
+            assert self.tile_backend is not None
+            res = self.tile_backend.infer(cut_tiles(x, plan, grid))
+            served = paste_cores(self.labels_from_logits(res.logits, (grid.tile, grid.tile)), plan, n, grid)
+        if (grid.served, grid.served) == native:
+            return served
+        rows, cols = nearest_indices(grid.served, native[0]), nearest_indices(grid.served, native[1])
+        return np.ascontiguousarray(served[:, rows][:, :, cols])
 
     def close(self) -> None:
         self.filter_backend.close()
         self.segmenter_backend.close()
+        if self.tile_backend is not None:
+            self.tile_backend.close()
 
 
 # ------------------------------------------------------------------------------- backend factory
@@ -363,6 +462,48 @@ def _make_backend(choice: BackendChoice, spec: ModelSpec, batch_size: int, threa
     raise ValueError(f"unknown backend {choice.name!r}")
 
 
+def _make_tile_backend(choice: BackendChoice, spec: ModelSpec, tile: int, *, batch_size: int, threads: int | None,
+                       engine_dir: Path | None, build_engines: bool, cuda_graphs: bool, strict: bool,
+                       modules: dict[str, Any]) -> Backend:
+    """The segmenter once more, at ``tile``² inputs: the same module for torch; for ONNX Runtime and
+    TensorRT a copy of its ONNX (any precision) with the tile size declared, made once per source file
+    in the engine folder (``regions.resized_onnx``)."""
+    shape = (spec.input_shape[0], tile, tile)
+    tile_batch = 4 * batch_size  # a flagged slice holds ~2-5 tiles
+    if choice.name == "torch":
+        return _make_backend(choice, dataclasses.replace(spec, input_shape=shape), tile_batch, threads, engine_dir,
+                             build_engines, cuda_graphs, strict, modules)
+    from cacstream.engine.inference.engines import default_engine_dir
+
+    edir = Path(engine_dir) if engine_dir else default_engine_dir(spec.directory)
+    base = spec.onnx_path(choice.precision, (edir,))
+    name = f"{base.stem}.tile{tile}.onnx"
+    _ensure_tile_onnx(base, edir / name, tile)
+    tile_spec = dataclasses.replace(
+        spec, section=f"{spec.section}_tile{tile}", input_shape=shape, onnx=name, onnx_variants={choice.precision: name},
+        config={k: v for k, v in spec.config.items() if k != "onnx_on_first_use"})
+    return _make_backend(choice, tile_spec, tile_batch, threads, edir, build_engines, cuda_graphs, strict, modules)
+
+
+def _ensure_tile_onnx(base: Path, dst: Path, tile: int) -> None:
+    """``dst`` = ``base`` resized to ``tile``², rebuilt when ``base`` changed (its SHA-256 is kept beside)."""
+    import json
+
+    from cacstream.engine.file_hash import file_sha256
+    from cacstream.engine.inference.regions import resized_onnx
+
+    side = dst.with_name(dst.name + ".json")
+    digest = file_sha256(base)
+    try:
+        if dst.is_file() and json.loads(side.read_text()).get("source_sha256") == digest:
+            return
+    except (OSError, ValueError):
+        pass
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    resized_onnx(base, dst, tile)
+    side.write_text(json.dumps({"source": base.name, "source_sha256": digest, "tile": tile}, indent=1))
+
+
 def _torch_modules(directory: Path) -> dict[str, Any]:
     """The PyTorch modules of both models, rebuilt from the weights folder by the training code's loader."""
     from cacstream.training.weights import WeightsError, load_weights
@@ -372,4 +513,6 @@ def _torch_modules(directory: Path) -> dict[str, Any]:
     except WeightsError as e:
         raise WeightsFolderError(str(e)) from None
     assert bundle.slice_filter is not None and bundle.segmenter is not None
-    return {"filter": bundle.slice_filter.model, "segmenter": bundle.segmenter.model}
+    from cacstream.training.models.classifier import served_filter
+
+    return {"filter": served_filter(bundle.slice_filter.model), "segmenter": bundle.segmenter.model}

@@ -44,18 +44,32 @@ class ModelStages:
 
     def filter_probabilities(self, hu_slices: list[np.ndarray]) -> np.ndarray:
         """Probability that each slice holds coronary calcium, (N,) float."""
-        out = np.zeros(len(hu_slices), dtype=np.float64)
-        for idx in _by_shape(hu_slices).values():
-            stack = np.stack([hu_slices[i] for i in idx]).astype(np.float32, copy=False)
-            out[idx] = np.asarray(self.runtime.filter_probabilities(stack), dtype=np.float64).reshape(-1)
-        return out
+        return self.filter(hu_slices)[0]
 
-    def segment(self, hu_slices: list[np.ndarray]) -> list[np.ndarray]:
-        """uint8 artery labels (0 background, 1..4) per slice, at each slice's own size."""
-        out: list[np.ndarray | None] = [None] * len(hu_slices)
+    def filter(self, hu_slices: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """(probabilities (N,), each slice's flagged filter patches (G, G) bool or None) in one pass."""
+        out = np.zeros(len(hu_slices), dtype=np.float64)
+        regions: list[np.ndarray | None] = [None] * len(hu_slices)
         for idx in _by_shape(hu_slices).values():
             stack = np.stack([hu_slices[i] for i in idx]).astype(np.float32, copy=False)
-            labels = np.asarray(self.runtime.segment(stack))
+            probs, flags = self.runtime.filter_decisions(stack)
+            out[idx] = np.asarray(probs, dtype=np.float64).reshape(-1)
+            if flags is not None:
+                for j, i in enumerate(idx):
+                    regions[i] = flags[j]
+        return out, regions
+
+    def segment(self, hu_slices: list[np.ndarray], regions: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """uint8 artery labels (0 background, 1..4) per slice, at each slice's own size. A slice with
+        flagged patches in ``regions`` is segmented around them only (``inference/regions.py``)."""
+        out: list[np.ndarray | None] = [None] * len(hu_slices)
+        regions = regions if regions is not None else [None] * len(hu_slices)
+        groups: dict[tuple[object, ...], list[int]] = defaultdict(list)
+        for i, s in enumerate(hu_slices):
+            groups[(tuple(s.shape), regions[i] is None)].append(i)
+        for (_, whole), idx in groups.items():
+            stack = np.stack([hu_slices[i] for i in idx]).astype(np.float32, copy=False)
+            labels = np.asarray(self.runtime.segment(stack, None if whole else [regions[i] for i in idx]))
             for j, i in enumerate(idx):
                 out[i] = labels[j].astype(np.uint8, copy=False)
         return out  # type: ignore[return-value]
@@ -75,6 +89,8 @@ def load_models(config: ScoreConfig) -> ModelStages:
         raise ModelsUnavailable(
             f"weights found at {weights}, but the model runtime is not part of this build ({exc}); "
             "use --mode threshold") from None
+    from cacstream.engine.inference.regions import RegionConfig
+
     runtime = CalciumModels.load(weights, backend=config.backend, precision=config.precision,
-                                 batch_size=config.batch_size)
+                                 batch_size=config.batch_size, regions=RegionConfig(mode=config.segment_regions))
     return ModelStages(runtime)

@@ -68,6 +68,7 @@ class _Item:
     labels: np.ndarray | None = None
     flagged: bool | None = None
     probability: float | None = None
+    regions: np.ndarray | None = None  # the filter's flagged patches (G, G), when it has patch logits
 
 
 class SlicePipeline:
@@ -212,7 +213,7 @@ class SlicePipeline:
                 continue
             t0 = time.perf_counter()
             try:
-                probs = self.models.filter_probabilities([it.hu for it in batch])
+                probs, regions = self.models.filter([it.hu for it in batch])
             except Exception as exc:
                 for it in batch:
                     self._fail(it.job, exc, it.timings)
@@ -222,9 +223,10 @@ class SlicePipeline:
             with self._lock:
                 self.counts["filtered"] += len(batch)
                 self.batch_sizes.append(len(batch))
-            for it, p in zip(batch, probs):
+            for it, p, reg in zip(batch, probs, regions):
                 it.timings["filter"] = share
                 it.probability = float(p)
+                it.regions = reg
                 it.flagged = bool(p >= threshold)
                 if it.flagged:
                     with self._lock:
@@ -241,7 +243,7 @@ class SlicePipeline:
                 continue
             t0 = time.perf_counter()
             try:
-                labels = self.models.segment([it.hu for it in batch])
+                labels = self.models.segment([it.hu for it in batch], [it.regions for it in batch])
             except Exception as exc:
                 for it in batch:
                     self._fail(it.job, exc, it.timings)

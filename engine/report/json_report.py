@@ -35,6 +35,9 @@ class ModelInfo:
     precision: str | None = None
     device: str | None = None
     filter_threshold: float | None = None
+    #: What the segmenter saw of a flagged slice: "whole slice", or the cores around the filter's
+    #: flagged patches (engine/inference/regions.py).
+    segment_regions: str | None = None
     #: Set when the weights' config.json says they failed validation; goes into the report's warnings
     #: (not into its "model" object), so no reader can miss it.
     validation_warning: str | None = field(default=None, compare=False)

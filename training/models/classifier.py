@@ -176,3 +176,55 @@ class SliceFilter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+
+class ServedSliceFilter(nn.Module):
+    """What serving runs (ONNX, TensorRT, the torch backend): a ``patch_max`` filter also returns its
+    per-patch logits, so the engine can segment only the regions the filter flagged.
+
+    Output (B, 1 + G²): column 0 is the slice logit (the maximum of the others, exactly the training
+    module's output), columns 1.. are the G×G patch logits in raster order (row-major over the
+    slice). One output tensor, not two, so every backend's one-input/one-output contract holds.
+    Other read-outs have no patch logits and keep the (B,) output.
+    """
+
+    def __init__(self, model: SliceFilter) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = self.model.features(x)
+        head = self.model.head
+        if isinstance(head, PatchMaxHead):
+            patches = head.patch_logits(feats)
+            return torch.cat([patches.amax(dim=-1, keepdim=True), patches], dim=-1)
+        return head(feats)
+
+
+def served_filter(model: SliceFilter) -> nn.Module:
+    """The module to export / serve for ``model`` (see :class:`ServedSliceFilter`)."""
+    served = ServedSliceFilter(model)
+    served.train(model.training)
+    return served
+
+
+def patch_grid(model: SliceFilter) -> int | None:
+    """G for a ``patch_max`` filter (its patch logits cover the slice as a G×G grid), else None."""
+    if not isinstance(model.head, PatchMaxHead):
+        return None
+    img = int(model.backbone.img_size)
+    patch = int(model.backbone.patch_size)
+    return img // patch
+
+
+def served_output_spec(model: SliceFilter) -> dict[str, object]:
+    """The ``output`` entry of the weights' config.json for the served filter of ``model``."""
+    g = patch_grid(model)
+    if g is None:
+        return {"name": "logits", "shape": ["batch"],
+                "meaning": "calcified-slice logit; flag when sigmoid(logit) >= threshold"}
+    return {"name": "logits", "shape": ["batch", 1 + g * g], "patch_grid": [g, g],
+            "meaning": "column 0: calcified-slice logit (flag when sigmoid(logit) >= threshold); columns 1..: "
+                       f"the {g}x{g} patch logits, row-major over the slice (the engine segments only the "
+                       "regions whose patches pass the same threshold)"}
+
