@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cacstream.engine.commands.options import add_segment_regions_option
+
 NAME = "demo"
 HELP = "the whole stream on this machine: phantoms → replayed export folder → live scores next to the truth"
 DESCRIPTION = (
@@ -39,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="work in DIR (src/, export/, out/) and keep it; default: a temporary folder, removed")
     parser.add_argument("--no-live", action="store_true", help="no live table (only the summary)")
     parser.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
+    add_segment_regions_option(parser)
     parser.add_argument("--require-agreement", action="store_true",
                         help="model mode: also exit 1 when a risk category disagrees with the phantom's truth "
                              "(for validating new weights). Without it, disagreements are shown in red and "
@@ -51,7 +54,8 @@ def _resolve_mode(args: argparse.Namespace):
 
     if args.mode == "threshold":
         return ScoreConfig(mode="threshold"), None, None
-    cfg = ScoreConfig(mode="model", weights_dir=args.weights, backend=args.backend)
+    cfg = ScoreConfig(mode="model", weights_dir=args.weights, backend=args.backend,
+                      segment_regions=args.segment_regions)
     try:
         return cfg, load_models(cfg), None
     except ModelsUnavailable as exc:

@@ -46,7 +46,11 @@ def add_mode_options(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="slices per model call; larger is faster on GPUs, 8-16 is best on a CPU workstation.",
     )
-    g.add_argument(
+    add_segment_regions_option(g)
+
+
+def add_segment_regions_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
         "--segment-regions",
         choices=("patches", "slice"),
         default="patches",

@@ -96,7 +96,7 @@ def split_filter_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | No
         return a.reshape(-1), None
     if a.ndim != 2:
         raise ValueError(f"slice-filter output of shape {a.shape}: expected (N,) or (N, 1 + G²)")
-    g = int(round((a.shape[1] - 1) ** 0.5))
+    g = round((a.shape[1] - 1) ** 0.5)
     if g * g != a.shape[1] - 1:
         raise ValueError(f"slice-filter output of shape {a.shape}: {a.shape[1] - 1} patch logits are not a square grid")
     return np.ascontiguousarray(a[:, 0]), a[:, 1:].reshape(-1, g, g)

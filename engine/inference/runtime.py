@@ -174,9 +174,9 @@ class CalciumModels:
                 last = e
                 continue
             models = cls(spec, filt, seg, choice, notes, regions or RegionConfig())
-            models._set_up_tiles(dict(batch_size=batch_size, threads=threads, engine_dir=engine_dir,
-                                      build_engines=build_engines, cuda_graphs=cuda_graphs,
-                                      strict=backend != "auto", modules=modules))
+            models._set_up_tiles({"batch_size": batch_size, "threads": threads, "engine_dir": engine_dir,
+                                  "build_engines": build_engines, "cuda_graphs": cuda_graphs,
+                                  "strict": backend != "auto", "modules": modules})
             return models
         raise BackendUnavailable("backend auto: no backend could load these weights: " + "; ".join(notes)) from last
 
