@@ -183,23 +183,32 @@ def compare_outputs(
             f"{int8}: ONNX Runtime cannot load the INT8 graph ({type(e).__name__}: {e})"
         ) from None
     name_a, name_b = a.get_inputs()[0].name, b.get_inputs()[0].name
+    from cacstream.engine.inference.regions import split_filter_logits
+
     worst = 0.0
-    agree = total = 0
+    agree = total = patch_agree = patch_total = 0
     for s in range(0, len(inputs), batch_size):
         x = np.ascontiguousarray(inputs[s : s + batch_size], dtype=np.float32)
         ya = a.run(None, {name_a: x})[0].astype(np.float64)
         yb = b.run(None, {name_b: x})[0].astype(np.float64)
         worst = max(worst, float(np.max(np.abs(ya - yb))))
-        if role == "filter":
+        if role == "filter":  # the slice decision; with patch logits also the patch (region) decisions
             t = float(np.log(threshold / (1 - threshold))) if threshold is not None else 0.0
-            agree += int(np.sum((ya.reshape(-1) >= t) == (yb.reshape(-1) >= t)))
-            total += ya.size
+            (sa, pa), (sb, pb) = split_filter_logits(ya), split_filter_logits(yb)
+            agree += int(np.sum((sa >= t) == (sb >= t)))
+            total += sa.size
+            if pa is not None and pb is not None:
+                patch_agree += int(np.sum((pa >= t) == (pb >= t)))
+                patch_total += pa.size
         else:
             same = ya.argmax(axis=1) == yb.argmax(axis=1)
             agree += int(same.sum())
             total += same.size
     key = "decision_agreement" if role == "filter" else "argmax_pixel_agreement"
-    return {"max_abs_logit_diff": worst, key: agree / max(1, total), "slices": len(inputs)}
+    out = {"max_abs_logit_diff": worst, key: agree / max(1, total), "slices": len(inputs)}
+    if patch_total:
+        out["patch_decision_agreement"] = patch_agree / patch_total
+    return out
 
 
 def _versions() -> dict[str, str]:

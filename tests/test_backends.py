@@ -32,10 +32,17 @@ def models(tiny_weights: Path) -> dict:
 
     from cacstream.training.weights import load_weights
 
+    from cacstream.training.models.classifier import served_filter
+
     torch.manual_seed(0)
     bundle = load_weights(tiny_weights)
     spec = read_weights_spec(tiny_weights)
-    return {"filter": (bundle.slice_filter.model, spec.filter), "segmenter": (bundle.segmenter.model, spec.segmenter)}
+    # the served filter: slice logit + its patch logits, (N, 1 + G²) with G = 2 for the tiny ViT
+    return {"filter": (served_filter(bundle.slice_filter.model), spec.filter),
+            "segmenter": (bundle.segmenter.model, spec.segmenter)}
+
+
+FILTER_TAIL = (1 + 2 * 2,)
 
 
 def _batch(n: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -80,7 +87,7 @@ def test_every_backend_returns_the_same_result_fields(role: str, models: dict) -
         assert res.backend == name and res.batch_size == 3 and res.precision == "fp32" and res.device == "cpu"
         assert res.elapsed_ms > 0
         assert isinstance(res.logits, np.ndarray) and res.logits.dtype == np.float32
-        expected_shape = (3,) if role == "filter" else (3, 5, *spec.input_shape[1:])
+        expected_shape = (3, *FILTER_TAIL) if role == "filter" else (3, 5, *spec.input_shape[1:])
         assert res.logits.shape == expected_shape == ref.shape
         np.testing.assert_allclose(res.logits, ref, atol=2e-5, rtol=1e-4, err_msg=name)
         be.close()
@@ -96,7 +103,7 @@ def test_batches_of_any_size_are_chunked_to_the_max_batch(role: str, n: int, mod
     for name, be in _backends(role, models, 4).items():
         res = be.infer(x)
         assert res.batch_size == n
-        tail = () if role == "filter" else (5, *spec.input_shape[1:])
+        tail = FILTER_TAIL if role == "filter" else (5, *spec.input_shape[1:])
         assert res.logits.shape == (n, *tail), name
         if n:
             np.testing.assert_allclose(res.logits, ref, atol=2e-5, rtol=1e-4, err_msg=f"{name} n={n}")

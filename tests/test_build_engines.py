@@ -197,7 +197,9 @@ def test_command_checks_inputs_before_needing_tensorrt(tiny_weights: Path, tmp_p
     if not backend_present("tensorrt", "cuda")[0]:
         # ... and then the command says what is missing on this machine
         assert rc == 4
-        assert "TensorRT" in err.err and "4 engine(s) to build" in err.err
+        # filter, segmenter and the segmenter's region tile (regions.py), at each of the 2 precisions
+        assert "TensorRT" in err.err and "6 engine(s) to build" in err.err
+        assert (out / "segmenter.fp16.tile64.onnx").is_file()
 
 
 def test_command_names_a_missing_int8_graph(tiny_weights: Path, tmp_path: Path,
@@ -374,5 +376,7 @@ def test_command_builds_then_keeps_engines(fake_trt, tiny_weights: Path, tmp_pat
     assert _cli(str(tiny_weights), "--precision", "fp32", "--max-batch", "8", "--out", str(out)) == 0
     first = capsys.readouterr().out
     assert "built" in first and (out / "slice_filter.fp32.plan").is_file() and (out / "segmenter.fp32.json").is_file()
+    # the tiny filter's 2x2 patch grid is one 2-patch core over the 32² segmenter input: a 64² tile (32 + 2 x 16)
+    assert (out / "segmenter_tile64.fp32.plan").is_file() and (out / "segmenter.tile64.onnx").is_file()
     assert _cli(str(tiny_weights), "--precision", "fp32", "--max-batch", "8", "--out", str(out)) == 0
-    assert "kept" in capsys.readouterr().out and len(fake_trt.builds) == 2
+    assert "kept" in capsys.readouterr().out and len(fake_trt.builds) == 3

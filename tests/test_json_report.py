@@ -54,7 +54,7 @@ def _result() -> AgatstonResult:
 
 def _scored() -> dict:
     return scored_report(ScoredSeries(series=_series(), result=_result(), mode="model",
-                                      model=ModelInfo("w1", "torch", "fp32", "cpu", 0.3), slices_flagged=1,
+                                      model=ModelInfo("w1", "torch", "fp32", "cpu", 0.3, "whole slice"), slices_flagged=1,
                                       timings_ms={"decode": 1.0, "agatston": 0.5}))
 
 
@@ -69,7 +69,7 @@ def test_scored_report_has_contract_fields_and_validates() -> None:
     assert r["lesions"][0] | {} == r["lesions"][0] and r["lesions"][0]["weight"] == 2
     assert r["slices_total"] == 3 and r["files"] == 3
     assert r["model"] == {"weights_id": "w1", "backend": "torch", "precision": "fp32", "device": "cpu",
-                          "filter_threshold": 0.3}
+                          "filter_threshold": 0.3, "segment_regions": "whole slice"}
 
 
 def test_rejected_report_validates_and_requires_reason() -> None:

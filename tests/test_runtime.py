@@ -265,14 +265,15 @@ def test_fp16_graph_runs_on_onnxruntime_cpu(tiny_weights: Path, tmp_path: Path, 
 
 
 def _score_series(m: CalciumModels, hu: np.ndarray, geometry) -> tuple[np.ndarray, np.ndarray, object]:
-    """The pipeline's model mode: segment flagged slices only, score with the labels."""
+    """The pipeline's model mode: segment flagged slices only (around their flagged patches, the
+    engine's default regions), score with the labels."""
     from cacstream.engine.scoring.agatston import score_volume
 
-    p = m.filter_probabilities(hu)
+    p, patches = m.filter_decisions(hu)
     flags = p >= m.filter_threshold
     labels = np.zeros(hu.shape, np.uint8)
     if flags.any():
-        labels[flags] = m.segment(hu[flags])
+        labels[flags] = m.segment(hu[flags], None if patches is None else patches[flags])
     return p, flags, score_volume(hu, geometry, labels)
 
 

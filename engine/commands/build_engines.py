@@ -92,7 +92,32 @@ def _inputs(args: argparse.Namespace, engine_dir: Path) -> list[tuple[object, st
                 print(f"cacstream build-engines: {e}", file=sys.stderr)
                 return EXIT_INPUT
             jobs.append((model, precision, onnx))
+            if model.role == "segmenter":
+                tile = _tile_job(spec, model, precision, onnx, engine_dir)
+                if tile is not None:
+                    jobs.append(tile)
     return jobs
+
+
+def _tile_job(spec: object, seg: object, precision: str, onnx: Path, engine_dir: Path) -> tuple[object, str, Path] | None:
+    """The segmenter at the tile size of the default segmentation regions (engine/inference/regions.py),
+    when the filter's config declares its patch grid; the same engine the runtime would build on load."""
+    import dataclasses
+
+    from cacstream.engine.inference.regions import RegionConfig, tile_grid
+    from cacstream.engine.inference.runtime import _ensure_tile_onnx
+
+    output = spec.model("filter").config.get("output") or {}  # type: ignore[attr-defined]
+    patch_grid = output.get("patch_grid") if isinstance(output, dict) else None
+    shape = seg.input_shape  # type: ignore[attr-defined]
+    grid = tile_grid(RegionConfig(), int(patch_grid[0]) if patch_grid else None, int(shape[-1]))
+    if grid is None:
+        return None
+    tile_onnx = engine_dir / f"{onnx.stem}.tile{grid.tile}.onnx"
+    _ensure_tile_onnx(onnx, tile_onnx, grid.tile)
+    tile_spec = dataclasses.replace(seg, section=f"{seg.section}_tile{grid.tile}",  # type: ignore[call-arg, attr-defined]
+                                    input_shape=(shape[0], grid.tile, grid.tile))
+    return tile_spec, precision, tile_onnx
 
 
 def run(args: argparse.Namespace) -> int:

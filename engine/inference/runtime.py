@@ -469,7 +469,8 @@ def _make_tile_backend(choice: BackendChoice, spec: ModelSpec, tile: int, *, bat
     TensorRT a copy of its ONNX (any precision) with the tile size declared, made once per source file
     in the engine folder (``regions.resized_onnx``)."""
     shape = (spec.input_shape[0], tile, tile)
-    tile_batch = 4 * batch_size  # a flagged slice holds ~2-5 tiles
+    # a flagged slice holds ~2-5 tiles; TensorRT keeps the engines' batch profile (`build-engines --max-batch`)
+    tile_batch = batch_size if choice.name == "tensorrt" else 4 * batch_size
     if choice.name == "torch":
         return _make_backend(choice, dataclasses.replace(spec, input_shape=shape), tile_batch, threads, engine_dir,
                              build_engines, cuda_graphs, strict, modules)
