@@ -189,6 +189,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also quantize the first and last weighted layers (default: kept FP32 for accuracy)",
     )
     q.add_argument(
+        "--quantize-attention",
+        action="store_true",
+        help="also quantize MatMuls of two activations (the ViT's q·kᵀ and attention·v); default: kept FP32, "
+        "they hold no weights and 8-bit attention scores moved the filter's decisions the most",
+    )
+    q.add_argument(
         "--roles",
         nargs="+",
         choices=("filter", "segmenter"),
@@ -418,6 +424,7 @@ def _quantize(args: argparse.Namespace) -> int:
         max_slices=args.max_slices,
         batch_size=args.batch_size,
         keep_first_last=not args.quantize_first_last,
+        quantize_activation_matmuls=args.quantize_attention,
     )
     try:
         rec = quantize_weights(args.weights, cs, args.out, cfg, roles=tuple(args.roles), quiet=args.quiet)

@@ -13,6 +13,7 @@ from _tiny_weights import tiny_weights_dir
 from cacstream.calibration.quantize import (
     QuantizeConfig,
     SetReader,
+    activation_matmuls,
     quantize_weights,
     tensorrt_qdq_problems,
 )
@@ -80,8 +81,30 @@ def test_record_says_how_the_graphs_were_made(quantized: tuple[Path, dict], cset
         m = rec["models"][section]
         assert m["source_sha256"] == file_sha256(weights / f"{section}.onnx")
         assert m["output_sha256"] == file_sha256(out / f"{section}.int8.onnx")
-        assert len(m["kept_fp32_nodes"]) == 2  # first and last weighted layer stay FP32 by default
+    # first and last weighted layer stay FP32 by default; so do the ViT's attention MatMuls (1 block: 2)
+    assert len(rec["models"]["segmenter"]["kept_fp32_nodes"]) == 2
+    assert len(rec["models"]["slice_filter"]["kept_fp32_nodes"]) == 2 + 2
+    assert rec["quantize_activation_matmuls"] is False
     assert rec["models"]["slice_filter"]["check_vs_fp32"]["slices"] == len(cset)
+
+
+def test_attention_matmuls_stay_fp32(quantized: tuple[Path, dict], weights: Path) -> None:
+    """The MatMuls of two activations (q·kᵀ, attention·v) get no Q/DQ in front; weighted MatMuls do."""
+    import onnx
+
+    out, _ = quantized
+    src = onnx.load(str(weights / "slice_filter.onnx")).graph
+    fixed = {i.name for i in src.initializer} | {o for n in src.node if n.op_type == "Constant" for o in n.output}
+    attention = [n for n in src.node if n.op_type == "MatMul" and not any(i in fixed for i in n.input)]
+    assert len(attention) == 2  # the tiny ViT has one block
+    assert [n.name for n in attention] == activation_matmuls(weights / "slice_filter.onnx")
+    q = onnx.load(str(out / "slice_filter.int8.onnx")).graph
+    dq_out = {o for n in q.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in q.node}
+    for n in attention:
+        assert not any(i in dq_out for i in by_name[n.name].input), n.name
+    weighted = [n for n in q.node if n.op_type == "MatMul" and n.name not in {a.name for a in attention}]
+    assert sum(any(i in dq_out for i in n.input) for n in weighted) >= 1
 
 
 def test_int8_runs_in_the_engine_runtime_close_to_fp32(
@@ -99,6 +122,7 @@ def test_int8_runs_in_the_engine_runtime_close_to_fp32(
     int8 = CalciumModels.load(w, backend="onnxruntime", precision="int8")
     fp32 = CalciumModels.load(w, backend="onnxruntime", precision="fp32")
     assert int8.info.precision == "int8" and int8.filter_backend.facts["qdq_nodes"] > 0
+    assert int8.tile_grid is not None and int8.tile_backend.facts["qdq_nodes"] > 0  # the resized Q/DQ U-Net
     x = np.asarray(cset.inputs["filter"])
     a = np.asarray(fp32.infer(x, "filter").logits)
     b = np.asarray(int8.infer(x, "filter").logits)
