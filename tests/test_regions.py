@@ -101,6 +101,24 @@ def test_torch_tiles_equal_numpy_tiles() -> None:
     np.testing.assert_array_equal(cut_tiles(torch.from_numpy(x), plan, g).numpy(), cut_tiles(x, plan, g))
 
 
+@pytest.mark.gpu
+def test_gpu_tiles_equal_numpy_tiles() -> None:
+    """On a GPU the preprocessed batch is a CuPy or torch CUDA array; its tiles are cut on the device."""
+    g = tile_grid(RegionConfig(core_patches=1, halo_px=3), 4, 8)
+    x = np.random.default_rng(1).random((3, 1, 8, 8), dtype=np.float32)
+    plan = [(0, 0, 0), (2, 3, 3), (1, 1, 2)]
+    want = cut_tiles(x, plan, g)
+    try:
+        import cupy
+
+        np.testing.assert_array_equal(cupy.asnumpy(cut_tiles(cupy.asarray(x), plan, g)), want)
+    except ImportError:
+        pass
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        np.testing.assert_array_equal(cut_tiles(torch.from_numpy(x).cuda(), plan, g).cpu().numpy(), want)
+
+
 def test_a_graph_with_size_dependent_nodes_is_not_resized(tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper

@@ -118,32 +118,24 @@ def plan_tiles(regions: list[np.ndarray], grid: TileGrid) -> list[tuple[int, int
     return plan
 
 
-def _module(x: Any) -> tuple[str, Any]:
-    """('numpy' | 'torch' | 'cupy', the array module) of ``x``."""
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        import torch
-
-        return "torch", torch
-    if mod.startswith("cupy"):
-        import cupy
-
-        return "cupy", cupy
-    return "numpy", np
-
-
 def cut_tiles(model_input: Any, plan: list[tuple[int, int, int]], grid: TileGrid) -> Any:
     """Tiles (T, C, tile, tile) of a preprocessed batch (N, C, S, S), in ``plan`` order (not empty), on
     the input's device; the halo past the slice edge is zero."""
+    from cacstream.engine.backends.base import array_family
+
     if not plan:
         raise ValueError("no tiles to cut")
-    kind, xp = _module(model_input)
     h, k, t = grid.halo, grid.core, grid.tile
-    if kind == "torch":
+    family = array_family(model_input)
+    if family.startswith("torch"):
+        import torch
         import torch.nn.functional as F
 
         padded = F.pad(model_input, (h, h, h, h)) if h else model_input
-        return xp.stack([padded[i, :, r * k: r * k + t, c * k: c * k + t] for i, r, c in plan]).contiguous()
+        return torch.stack([padded[i, :, r * k: r * k + t, c * k: c * k + t] for i, r, c in plan]).contiguous()
+    xp: Any = np
+    if family == "cupy":
+        import cupy as xp
     padded = xp.pad(model_input, ((0, 0), (0, 0), (h, h), (h, h))) if h else model_input
     return xp.ascontiguousarray(xp.stack([padded[i, :, r * k: r * k + t, c * k: c * k + t] for i, r, c in plan]))
 
@@ -164,11 +156,12 @@ def resized_onnx(src: Path, dst: Path, size: int) -> Path:
     Only the declared shapes of the graph's input and outputs change (batch stays dynamic) and the
     stored intermediate shapes are dropped for the runtime to infer again; every node and weight is
     kept, so a Q/DQ INT8 graph stays INT8. Refused (ValueError naming the file) when the graph has
-    nodes whose result depends on a fixed size (Reshape, Resize with sizes, Flatten)."""
+    nodes whose result can depend on a fixed size (Reshape, Flatten, Expand, Tile, Resize to sizes)."""
     import onnx
 
     model = onnx.load(str(src))
     fixed = {n.op_type for n in model.graph.node} & {"Reshape", "Flatten", "Expand", "Tile"}
+    fixed |= {"Resize" for n in model.graph.node if n.op_type == "Resize" and len(n.input) > 3 and n.input[3]}
     if fixed:
         raise ValueError(f"{src}: the segmenter graph holds {sorted(fixed)} nodes; it cannot be resized to {size}² tiles")
     for v in list(model.graph.input) + list(model.graph.output):
