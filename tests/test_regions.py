@@ -186,6 +186,8 @@ def test_segment_with_regions_equals_the_module_run_by_hand_on_padded_crops(tile
     assert np.array_equal(got, expect)
     assert np.array_equal(tiled["onnxruntime"].segment(hu, regions), expect)  # the resized ONNX graph
     assert not got[2].any() and not got[4].any()
+    with pytest.raises(ValueError, match="5 region maps for 6 slices"):
+        m.segment(hu, regions[:5])
 
 
 def test_slice_mode_and_no_regions_segment_whole_slices(tiny_weights, tiled, phantom_hu) -> None:
