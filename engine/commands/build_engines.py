@@ -102,21 +102,15 @@ def _inputs(args: argparse.Namespace, engine_dir: Path) -> list[tuple[object, st
 def _tile_job(spec: object, seg: object, precision: str, onnx: Path, engine_dir: Path) -> tuple[object, str, Path] | None:
     """The segmenter at the tile size of the default segmentation regions (engine/inference/regions.py),
     when the filter's config declares its patch grid; the same engine the runtime would build on load."""
-    import dataclasses
-
     from cacstream.engine.inference.regions import RegionConfig, tile_grid
-    from cacstream.engine.inference.runtime import _ensure_tile_onnx
+    from cacstream.engine.inference.runtime import tile_model
 
     output = spec.model("filter").config.get("output") or {}  # type: ignore[attr-defined]
     patch_grid = output.get("patch_grid") if isinstance(output, dict) else None
-    shape = seg.input_shape  # type: ignore[attr-defined]
-    grid = tile_grid(RegionConfig(), int(patch_grid[0]) if patch_grid else None, int(shape[-1]))
+    grid = tile_grid(RegionConfig(), int(patch_grid[0]) if patch_grid else None, int(seg.input_shape[-1]))  # type: ignore[attr-defined]
     if grid is None:
         return None
-    tile_onnx = engine_dir / f"{onnx.stem}.tile{grid.tile}.onnx"
-    _ensure_tile_onnx(onnx, tile_onnx, grid.tile)
-    tile_spec = dataclasses.replace(seg, section=f"{seg.section}_tile{grid.tile}",  # type: ignore[call-arg, attr-defined]
-                                    input_shape=(shape[0], grid.tile, grid.tile))
+    tile_spec, tile_onnx = tile_model(seg, onnx, precision, grid.tile, engine_dir)  # type: ignore[arg-type]
     return tile_spec, precision, tile_onnx
 
 

@@ -340,8 +340,7 @@ class CalciumModels:
             return out, ms
         x = self.preprocess(hu_slices, "filter")
         res = self.infer(x, "filter")
-        out = to_numpy_f32(res.logits)
-        return (out.reshape(-1) if out.ndim <= 1 or out.shape[1:] == (1,) else out), res.elapsed_ms
+        return to_numpy_f32(res.logits), res.elapsed_ms
 
     def filter_probabilities(self, hu_slices: Any) -> np.ndarray:
         """Probability (float64, (N,)) that each HU slice holds coronary calcium."""
@@ -468,22 +467,28 @@ def _make_tile_backend(choice: BackendChoice, spec: ModelSpec, tile: int, *, bat
     """The segmenter once more, at ``tile``² inputs: the same module for torch; for ONNX Runtime and
     TensorRT a copy of its ONNX (any precision) with the tile size declared, made once per source file
     in the engine folder (``regions.resized_onnx``)."""
-    shape = (spec.input_shape[0], tile, tile)
     # a flagged slice holds ~2-5 tiles; TensorRT keeps the engines' batch profile (`build-engines --max-batch`)
     tile_batch = batch_size if choice.name == "tensorrt" else 4 * batch_size
     if choice.name == "torch":
-        return _make_backend(choice, dataclasses.replace(spec, input_shape=shape), tile_batch, threads, engine_dir,
-                             build_engines, cuda_graphs, strict, modules)
+        torch_spec = dataclasses.replace(spec, input_shape=(spec.input_shape[0], tile, tile))
+        return _make_backend(choice, torch_spec, tile_batch, threads, engine_dir, build_engines, cuda_graphs, strict,
+                             modules)
     from cacstream.engine.inference.engines import default_engine_dir
 
     edir = Path(engine_dir) if engine_dir else default_engine_dir(spec.directory)
-    base = spec.onnx_path(choice.precision, (edir,))
-    name = f"{base.stem}.tile{tile}.onnx"
-    _ensure_tile_onnx(base, edir / name, tile)
-    tile_spec = dataclasses.replace(
-        spec, section=f"{spec.section}_tile{tile}", input_shape=shape, onnx=name, onnx_variants={choice.precision: name},
-        config={k: v for k, v in spec.config.items() if k != "onnx_on_first_use"})
+    tile_spec, _ = tile_model(spec, spec.onnx_path(choice.precision, (edir,)), choice.precision, tile, edir)
     return _make_backend(choice, tile_spec, tile_batch, threads, edir, build_engines, cuda_graphs, strict, modules)
+
+
+def tile_model(spec: ModelSpec, base: Path, precision: str, tile: int, engine_dir: Path) -> tuple[ModelSpec, Path]:
+    """The segmenter ``spec`` at ``tile``² inputs and its ONNX file (``base`` resized, made once in
+    ``engine_dir``): what the runtime loads and what `cacstream build-engines` pre-builds, named alike."""
+    name = f"{base.stem}.tile{tile}.onnx"
+    _ensure_tile_onnx(base, engine_dir / name, tile)
+    tile_spec = dataclasses.replace(
+        spec, section=f"{spec.section}_tile{tile}", input_shape=(spec.input_shape[0], tile, tile), onnx=name,
+        onnx_variants={precision: name}, config={k: v for k, v in spec.config.items() if k != "onnx_on_first_use"})
+    return tile_spec, engine_dir / name
 
 
 def _ensure_tile_onnx(base: Path, dst: Path, tile: int) -> None:
