@@ -18,7 +18,8 @@ HELP = "INT8 calibration sets (build, inspect, quantize, evaluate, compare) and 
 DESCRIPTION = (
     "Tools for INT8 deployment. `build` chooses a stratified, seeded calibration set of preprocessed slices from "
     "series folders; `inspect` shows what a set covers and misses (tables, histograms, per-layer activation ranges); "
-    "`quantize` writes explicit Q/DQ INT8 ONNX graphs from a set (ONNX Runtime CPU and strongly typed TensorRT); "
+    "`quantize` writes explicit Q/DQ INT8 ONNX graphs from a set (ONNX Runtime CPU and strongly typed TensorRT), "
+    "keeping in FP32 the few layers a per-layer sensitivity analysis finds dominant (ranking and bar chart kept); "
     "`evaluate` measures INT8 against FP32 on validation series with a pass/fail gate and a report; `compare` puts "
     "two sets side by side; `mass` fits the scanner's calcium-mass factor from a calibration-phantom scan."
 )
@@ -193,6 +194,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also quantize MatMuls of two activations (the ViT's q·kᵀ and attention·v); default: kept FP32, "
         "they hold no weights and 8-bit attention scores moved the filter's decisions the most",
+    )
+    q.add_argument(
+        "--max-fp32-layers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="measure each weighted layer's INT8 error alone on the set and keep up to N dominant ones in "
+        "FP32 (0: no analysis; recommended 2; on the v1 filter one layer made 96 %% of the INT8 error). "
+        "The ranking and a bar chart go next to the graphs",
+    )
+    q.add_argument(
+        "--fp32-share",
+        type=float,
+        default=0.25,
+        metavar="F",
+        help="a layer is dominant when quantizing it alone gives at least this fraction of the fully "
+        "quantized graph's output error (default 0.25)",
+    )
+    q.add_argument(
+        "--sensitivity-slices",
+        type=int,
+        default=32,
+        metavar="N",
+        help="slices of the set (spread evenly) each layer is measured on; more is steadier and slower",
     )
     q.add_argument(
         "--roles",
@@ -425,6 +450,9 @@ def _quantize(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         keep_first_last=not args.quantize_first_last,
         quantize_activation_matmuls=args.quantize_attention,
+        max_fp32_layers=args.max_fp32_layers,
+        fp32_share=args.fp32_share,
+        sensitivity_slices=args.sensitivity_slices,
     )
     try:
         rec = quantize_weights(args.weights, cs, args.out, cfg, roles=tuple(args.roles), quiet=args.quiet)
@@ -439,6 +467,11 @@ def _quantize(args: argparse.Namespace) -> int:
             f"{section}: {Path(out) / m['output']} ({m['qdq_nodes']} Q/DQ nodes; vs FP32 on the set: agreement "
             f"{100 * agree:.2f} %, max |logit diff| {chk['max_abs_logit_diff']:.3g}{warn})"
         )
+        sens = m.get("sensitivity")
+        if sens:
+            share = {x["node"]: x["share"] for x in sens["layers"]}
+            kept = ", ".join(f"{n} ({100 * share[n]:.0f} % of the error)" for n in sens["kept_fp32"]) or "none"
+            print(f"  kept FP32 by sensitivity: {kept}; ranking: {Path(out) / sens['plot']}")
     int8_opt = f" --int8 {args.out}" if args.out else ""
     print(
         f"next: cacstream calibrate evaluate {args.weights} --phantoms 40 --seed 100000{int8_opt} --out REPORT_DIR"

@@ -37,11 +37,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cacstream.calibration.sensitivity import LayerSensitivity, choose_fp32, plot_sensitivity, rank_layers
 from cacstream.calibration.sets import ROLES, CalibrationSet
 from cacstream.engine.file_hash import file_sha256
 
@@ -76,6 +78,12 @@ class QuantizeConfig:
         attention·v). Kept FP32 by default: they hold no weights, so INT8 saves little there, and
         8-bit attention scores in front of a softmax moved the v1 slice filter's decisions the most
         (README, "Performance": 1.35 vs 0.90 points of filter sensitivity on the 40 held-out phantoms).
+    max_fp32_layers: keep up to this many layers in FP32 that per-layer sensitivity analysis finds
+        dominant (calibration/sensitivity.py; 0 skips the analysis). Recommended 2: on the v1 filter
+        one layer, the ViT's patch embedding, made 96 % of the INT8 output error.
+    fp32_share: a layer is dominant when quantizing it alone gives at least this fraction of the fully
+        quantized graph's output error.
+    sensitivity_slices: slices of the set (spread evenly over it) on which each layer is measured.
     """
 
     method: str = "entropy"
@@ -87,6 +95,9 @@ class QuantizeConfig:
     check_slices: int = 64
     keep_first_last: bool = True
     quantize_activation_matmuls: bool = False
+    max_fp32_layers: int = 2
+    fp32_share: float = 0.25
+    sensitivity_slices: int = 32
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -95,6 +106,12 @@ class QuantizeConfig:
             raise ValueError(f"percentile must be within [90, 100), got {self.percentile}")
         if self.max_slices is not None and self.max_slices < 1:
             raise ValueError("max_slices must be >= 1")
+        if self.max_fp32_layers < 0:
+            raise ValueError(f"max_fp32_layers must be >= 0, got {self.max_fp32_layers}")
+        if not 0.0 < self.fp32_share <= 1.0:
+            raise ValueError(f"fp32_share must be within (0, 1], got {self.fp32_share}")
+        if self.sensitivity_slices < 1:
+            raise ValueError(f"sensitivity_slices must be >= 1, got {self.sensitivity_slices}")
 
 
 def _ort_method(method: str) -> Any:
@@ -267,9 +284,64 @@ def _infer_shapes(src: Path, dst: Path) -> None:
         ) from None
 
 
-def quantize_model(src: Path, dst: Path, inputs: np.ndarray, config: QuantizeConfig) -> list[str]:
-    """Quantize one FP32 ONNX file into ``dst`` (explicit Q/DQ, INT8 symmetric); returns the weighted
-    nodes left in FP32."""
+@dataclass
+class ModelQuantization:
+    """What :func:`quantize_model` left in FP32 and why."""
+
+    kept_fp32: list[str]  # every weighted node left FP32 (first/last, attention MatMuls, sensitive)
+    sensitive_fp32: list[str]  # those kept because sensitivity analysis found them dominant
+    sensitivity: list[LayerSensitivity] | None  # every candidate layer, most sensitive first
+    full_error: float | None  # mean |INT8 - FP32| output of the graph with every candidate quantized
+    check_slices: int = 0
+
+
+def run_onnx(path: Path, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Outputs of an ONNX graph on ONNX Runtime CPU, in batches."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate(
+        [
+            sess.run(None, {name: np.ascontiguousarray(inputs[s : s + batch_size], dtype=np.float32)})[0]
+            for s in range(0, len(inputs), batch_size)
+        ]
+    )
+
+
+def _cache_supported() -> bool:
+    """ONNX Runtime >= 1.26 can cache calibration ranges between quantize_static calls; older versions
+    re-calibrate for every graph (same ranges, only slower)."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def evenly_spread(n_total: int, n: int) -> np.ndarray:
+    """``min(n, n_total)`` distinct indices spread evenly over ``range(n_total)``."""
+    return np.unique(np.linspace(0, n_total - 1, min(n, n_total)).round().astype(int))
+
+
+def quantize_model(
+    src: Path,
+    dst: Path,
+    inputs: np.ndarray,
+    config: QuantizeConfig,
+    *,
+    role: str = "filter",
+    threshold: float | None = None,
+    on_layers: Callable[[int], Callable[[], None]] | None = None,
+) -> ModelQuantization:
+    """Quantize one FP32 ONNX file into ``dst`` (explicit Q/DQ, INT8 symmetric).
+
+    With ``config.max_fp32_layers`` > 0 the layers are first ranked by sensitivity on the set (see
+    calibration/sensitivity.py) and the dominant ones stay FP32. ``on_layers(n)`` is told how many layers
+    will be measured and returns the callback called after each."""
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -281,7 +353,6 @@ def quantize_model(src: Path, dst: Path, inputs: np.ndarray, config: QuantizeCon
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         name = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]).get_inputs()[0].name
-        reader = SetReader(inputs, name, batch)
         excluded = first_last_weighted(pre, config.op_types) if config.keep_first_last else []
         if not config.quantize_activation_matmuls:
             excluded += [n for n in activation_matmuls(pre) if n not in excluded]
@@ -294,32 +365,56 @@ def quantize_model(src: Path, dst: Path, inputs: np.ndarray, config: QuantizeCon
             "CalibStridedMinMax": 1,
             "CalibPercentile": config.percentile,
         }
-        out = Path(tmp) / "int8.onnx"
-        sink = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(sink):  # the histogram calibrators print progress lines
-                quantize_static(
-                    str(pre),
-                    str(out),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=config.per_channel,
-                    activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=_ort_method(config.method),
-                    op_types_to_quantize=list(config.op_types),
-                    nodes_to_exclude=excluded,
-                    extra_options=extra,
-                )
-        except Exception as e:  # noqa: BLE001 - the quantizer raises many types
-            raise QuantizeError(
-                f"{src}: ONNX Runtime quantize_static failed ({type(e).__name__}: {e})"
-            ) from None
+        cache = {"calibration_cache_path": str(Path(tmp) / "ranges.json")} if _cache_supported() else {}
+
+        def write(out: Path, nodes: list[str] | None = None, exclude: list[str] | None = None) -> Path:
+            sink = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(sink):  # the histogram calibrators print progress lines
+                    quantize_static(
+                        str(pre),
+                        str(out),
+                        SetReader(inputs, name, batch),
+                        quant_format=QuantFormat.QDQ,
+                        per_channel=config.per_channel,
+                        activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=_ort_method(config.method),
+                        op_types_to_quantize=list(config.op_types),
+                        nodes_to_quantize=nodes,
+                        nodes_to_exclude=excluded + (exclude or []),
+                        extra_options=extra,
+                        **cache,
+                    )
+            except Exception as e:  # noqa: BLE001 - the quantizer raises many types
+                raise QuantizeError(
+                    f"{src}: ONNX Runtime quantize_static failed ({type(e).__name__}: {e})"
+                ) from None
+            return out
+
+        ranked, full, sensitive, n_check = None, None, [], 0
+        if config.max_fp32_layers > 0:
+            check = np.ascontiguousarray(inputs[evenly_spread(len(inputs), config.sensitivity_slices)], np.float32)
+            n_check = len(check)
+            graph = onnx.load(str(pre), load_external_data=False).graph
+            cands = [(n.name, n.op_type) for n in graph.node if n.op_type in config.op_types and n.name not in excluded]
+            one = Path(tmp) / "one.onnx"
+            ranked, full = rank_layers(
+                cands,
+                lambda nodes: write(one, nodes),
+                lambda path: run_onnx(path, check, batch),
+                run_onnx(pre, check, batch),
+                role,
+                threshold,
+                on_layers(len(cands)) if on_layers is not None else None,
+            )
+            sensitive = choose_fp32(ranked, config.fp32_share, config.max_fp32_layers)
+        out = write(Path(tmp) / "int8.onnx", exclude=sensitive)
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp_dst = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         shutil.copyfile(out, tmp_dst)
         tmp_dst.replace(dst)
-    return excluded
+    return ModelQuantization(excluded + sensitive, sensitive, ranked, full, n_check)
 
 
 def quantize_weights(
@@ -360,6 +455,11 @@ def quantize_weights(
         "op_types": list(config.op_types),
         "keep_first_last": config.keep_first_last,
         "quantize_activation_matmuls": config.quantize_activation_matmuls,
+        "sensitivity_rule": {
+            "max_fp32_layers": config.max_fp32_layers,
+            "fp32_share": config.fp32_share,
+            "slices": config.sensitivity_slices,
+        },
         "percentile": config.percentile if config.method == "percentile" else None,
         "quantization": {
             "format": "QDQ",
@@ -385,8 +485,14 @@ def quantize_weights(
             src = m.onnx_path("fp32")
             dst = out_dir / m.onnx_name("int8")
             inputs = cs.inputs[role][:n]
+            threshold = m.threshold if role == "filter" else None
+
+            def on_layers(n: int, section: str = m.section) -> Any:
+                sub = bar.add_task(f"  per-layer sensitivity, {section}", total=n)
+                return lambda: bar.advance(sub)
+
             t0 = time.perf_counter()
-            kept_fp32 = quantize_model(src, dst, inputs, config)
+            q = quantize_model(src, dst, inputs, config, role=role, threshold=threshold, on_layers=on_layers)
             seconds = time.perf_counter() - t0
             try:
                 onnx.checker.check_model(str(dst))
@@ -394,9 +500,23 @@ def quantize_weights(
                 dst.unlink(missing_ok=True)
                 raise QuantizeError(f"{dst}: the quantized graph is not valid ONNX ({e})") from None
             problems = tensorrt_qdq_problems(dst)
-            check = compare_outputs(
-                src, dst, inputs[: config.check_slices], role, m.threshold if role == "filter" else None
-            )
+            check = compare_outputs(src, dst, inputs[: config.check_slices], role, threshold)
+            sensitivity = None
+            if q.sensitivity is not None:
+                plot = plot_sensitivity(
+                    q.sensitivity,
+                    q.sensitive_fp32,
+                    out_dir / f"int8_sensitivity_{m.section}.png",
+                    f"{m.section}: INT8 sensitivity per layer ({q.check_slices} slices of {cs.set_id})\n"
+                    f"red: kept FP32 (share >= {config.fp32_share:g}, at most {config.max_fp32_layers})",
+                )
+                sensitivity = {
+                    "check_slices": q.check_slices,
+                    "full_graph_error": q.full_error,
+                    "kept_fp32": q.sensitive_fp32,
+                    "plot": plot.name,
+                    "layers": [s.to_dict() for s in q.sensitivity],
+                }
             record["models"][m.section] = {
                 "role": role,
                 "source": src.name,
@@ -404,7 +524,8 @@ def quantize_weights(
                 "output": dst.name,
                 "output_sha256": file_sha256(dst),
                 "qdq_nodes": qdq_node_count(dst),
-                "kept_fp32_nodes": kept_fp32,
+                "kept_fp32_nodes": q.kept_fp32,
+                "sensitivity": sensitivity,
                 "seconds": round(seconds, 2),
                 "tensorrt_qdq_problems": problems,
                 "check_vs_fp32": check,

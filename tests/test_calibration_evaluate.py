@@ -168,11 +168,24 @@ def test_cli_build_quantize_evaluate(
                 str(tmp_path / "q"),
                 "--method",
                 "max",
+                "--max-fp32-layers",
+                "1",
+                "--fp32-share",
+                "0.01",
+                "--sensitivity-slices",
+                "4",
                 "--quiet",
             ]
         )
         == 0
     )
+    rec = json.loads((tmp_path / "q" / "int8.json").read_text())
+    assert rec["sensitivity_rule"] == {"max_fp32_layers": 1, "fp32_share": 0.01, "slices": 4}
+    for m in rec["models"].values():  # at most one layer kept, the top-ranked one (a share >= 1 % is sure)
+        assert m["sensitivity"]["kept_fp32"] == [m["sensitivity"]["layers"][0]["node"]]
+        assert m["sensitivity"]["check_slices"] == 4
+    assert main(["calibrate", "quantize", str(weights), "--set", str(tmp_path / "set"), "--out",
+                 str(tmp_path / "q2"), "--fp32-share", "2", "--quiet"]) != 0
     out = tmp_path / "report"
     code = main(
         [
