@@ -70,6 +70,7 @@ class PrecisionResult:
     agatston_per_artery: dict[str, float]
     risk: str
     seconds: float
+    excluded_lesions: int = 0  # lesions the skeletal check took out (their calcium is not in ``labels``)
 
 
 @dataclass
@@ -111,8 +112,9 @@ class Counts:
 
 def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -> PrecisionResult:
     """Filter → segment flagged slices (around their flagged patches, when the models tile) → Agatston,
-    as the pipeline does (unflagged slices: no calcium)."""
-    from cacstream.engine.scoring.agatston import score_volume
+    as the pipeline does (unflagged slices: no calcium). ``labels`` are what was scored: the calcium of
+    lesions the skeletal check excluded is taken out of them."""
+    from cacstream.engine.scoring.agatston import score_volume, split_skeletal
 
     t0 = time.perf_counter()
     p, patches = models.filter_decisions(hu)
@@ -122,6 +124,8 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
     if flags.any():
         labels[flags] = models.segment(hu[flags], None if patches is None else patches[flags])
     res = score_volume(hu, geometry, labels, agatston)
+    if res.excluded_lesions:
+        labels, _ = split_skeletal(hu, geometry, labels, agatston)
     return PrecisionResult(
         p,
         flags,
@@ -130,6 +134,7 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
         dict(res.agatston_per_artery),
         res.risk_category,
         time.perf_counter() - t0,
+        len(res.excluded_lesions),
     )
 
 

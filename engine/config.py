@@ -23,6 +23,11 @@ class AgatstonConfig:
         normalise_thickness: apply that scaling at all (off reproduces the raw sum of lesion scores).
         mass_calibration_mg_per_hu_cm3: mass = mean HU × volume × factor; None means mass is not
             reported (a factor is only valid for a scanner calibrated with a phantom).
+        skeletal_component_mm3: with artery labels (model mode), a lesion whose calcium lies in a 3D
+            component (26-connected, HU ≥ threshold) larger than this is bone the segmenter mistook
+            for an artery (rib, sternum, vertebra): it is excluded and listed with the reason. None
+            keeps every lesion. 2,000 mm³ by default: true coronary components measured ≤ 500 mm³,
+            the skeleton's ≥ 18,000 mm³ (engine/scoring/skeleton.py).
     """
 
     threshold_hu: float = 130.0
@@ -32,8 +37,11 @@ class AgatstonConfig:
     reference_thickness_mm: float = 3.0
     normalise_thickness: bool = True
     mass_calibration_mg_per_hu_cm3: float | None = None
+    skeletal_component_mm3: float | None = 2000.0
 
     def __post_init__(self) -> None:
+        if self.skeletal_component_mm3 is not None and not self.skeletal_component_mm3 > 0:
+            raise ValueError(f"skeletal_component_mm3 must be > 0 or None, got {self.skeletal_component_mm3}")
         if self.connectivity not in (4, 8):
             raise ValueError(f"connectivity must be 4 or 8, got {self.connectivity}")
         if self.min_area_mm2 < 0:

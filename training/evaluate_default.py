@@ -32,7 +32,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,8 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
             if abs(ov["model_total"] - res.agatston_total) > 1e-6 * max(1.0, res.agatston_total):
                 raise AssertionError(f"seed {case.seed}: lesion recount {ov['model_total']} != engine "
                                      f"{res.agatston_total}")
-            other_present = score_volume(case.hu, case.geometry, case.other_calcium.astype(np.uint8), cfg).agatston_total
+            other_present = score_volume(case.hu, case.geometry, case.other_calcium.astype(np.uint8),
+                                         replace(cfg, skeletal_component_mm3=None)).agatston_total  # all of it
             t = case.truth
             rows.append({
                 "seed": case.seed, "kind": case.kind, "slices": int(case.hu.shape[0]),
@@ -226,6 +227,7 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
                 "other_calcium_agatston_in_image": float(other_present),
                 "model_agatston_touching_other": ov["agatston_touching_other"],
                 "model_lesions_touching_other": ov["lesions_touching_other"],
+                "model_lesions_excluded_skeletal": res.excluded_lesions,
                 "model_agatston_inside_other": ov["agatston_share_inside_other"],
                 "seconds": round(res.seconds, 3),
             })
@@ -254,6 +256,7 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
             "model_lesions_touching": int(sum(r["model_lesions_touching_other"] for r in rows)),
             "model_agatston_inside_total": float(sum(r["model_agatston_inside_other"] for r in rows)),
             "series_with_touching_lesion": sum(r["model_lesions_touching_other"] > 0 for r in rows),
+            "model_lesions_excluded_skeletal": int(sum(r["model_lesions_excluded_skeletal"] for r in rows)),
         },
         "seconds_per_series_median": float(np.median([r["seconds"] for r in rows])) if rows else None,
         "segment_regions": getattr(models, "region_rule", None),
@@ -273,7 +276,7 @@ def evaluate_coca(models: Any, root: Path) -> list[dict[str, Any]]:
     out = []
     for pid in coca.list_gated_patients(root):
         c = coca.load_gated_patient(root, pid)
-        ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, cfg)
+        ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, replace(cfg, skeletal_component_mm3=None))
         res = run_engine_path(models, c.volume.hu, c.volume.geometry, cfg)
         roi_slices = np.zeros(c.volume.hu.shape[0], bool)
         for les in ref.lesions:
@@ -406,6 +409,8 @@ def heldout_markdown(metrics: dict[str, Any], command: str) -> str:
         f"{oc['agatston_in_images_total']:.0f} over {oc['series_with_other_calcium']} series |",
         f"| model lesions touching that calcium | {oc['model_lesions_touching']} lesions, Agatston "
         f"{oc['model_agatston_touching_total']:.2f} (pixels inside it: {oc['model_agatston_inside_total']:.2f}) |",
+        f"| model lesions excluded by the skeletal check (not counted, listed in reports) | "
+        f"{oc.get('model_lesions_excluded_skeletal', 0)} |",
         f"| median engine-path seconds per series | {metrics['seconds_per_series_median']:.1f} |",
     ]
     return "\n".join(lines)

@@ -53,11 +53,19 @@ class NaiveModels:
 
 
 def _agatston_scipy(
-    hu: np.ndarray, labels: np.ndarray, pixel_area: float, factor: float, cfg: AgatstonConfig
+    hu: np.ndarray, labels: np.ndarray, pixel_area: float, factor: float, cfg: AgatstonConfig,
+    voxel_mm3: float | None = None,
 ) -> float:
-    """Per slice: scipy.ndimage.label of (HU ≥ threshold & label > 0), area ≥ min, weight by peak HU."""
+    """Per slice: scipy.ndimage.label of (HU ≥ threshold & label > 0), area ≥ min, weight by peak HU; with
+    ``voxel_mm3`` and the skeletal check configured, the calcium of 3D components (scipy, 26-connected)
+    larger than ``cfg.skeletal_component_mm3`` is dropped first, as the engine does."""
     from scipy import ndimage
 
+    if voxel_mm3 is not None and cfg.skeletal_component_mm3 is not None:
+        lab3, _ = ndimage.label(hu >= cfg.threshold_hu, structure=np.ones((3, 3, 3), bool))
+        big = np.bincount(lab3.ravel()) * voxel_mm3 > cfg.skeletal_component_mm3
+        big[0] = False
+        labels = np.where(big[lab3], 0, labels)
     structure = np.ones((3, 3), bool) if cfg.connectivity == 8 else None
     t = cfg.weight_thresholds_hu
     total = 0.0
@@ -115,6 +123,7 @@ def score_naive(files: list[Path], models: NaiveModels, cfg: AgatstonConfig | No
             st["segment"] += (time.perf_counter() - t0) * 1e3
             del p
     t0 = time.perf_counter()
-    total = _agatston_scipy(hu_vol, labels, ps[0] * ps[1], eff / cfg.reference_thickness_mm, cfg)
+    total = _agatston_scipy(hu_vol, labels, ps[0] * ps[1], eff / cfg.reference_thickness_mm, cfg,
+                            voxel_mm3=ps[0] * ps[1] * abs(increment))
     st["agatston"] = (time.perf_counter() - t0) * 1e3
     return NaiveResult(total, int(hu_vol.shape[0]), st, (time.perf_counter() - t_all) * 1e3)

@@ -10,6 +10,7 @@ weights (docs/models.md), not the engine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from cacstream.engine.commands.options import add_segment_regions_option
@@ -56,6 +57,9 @@ def _resolve_mode(args: argparse.Namespace):
         return ScoreConfig(mode="threshold"), None, None
     cfg = ScoreConfig(mode="model", weights_dir=args.weights, backend=args.backend,
                       segment_regions=args.segment_regions)
+    if getattr(args, "skeletal_component_mm3", None) is not None:  # bench stream's option
+        cfg = dataclasses.replace(cfg, agatston=dataclasses.replace(
+            cfg.agatston, skeletal_component_mm3=args.skeletal_component_mm3 or None))
     try:
         return cfg, load_models(cfg), None
     except ModelsUnavailable as exc:

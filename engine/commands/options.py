@@ -75,6 +75,15 @@ def add_agatston_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mass-calibration", type=float, default=None, metavar="MG_PER_HU_CM3",
                    help="scanner calibration factor for the mass score (from a calibration phantom); "
                    "mass is only reported when this is given.")
+    add_skeletal_option(g)
+
+
+def add_skeletal_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--skeletal-component-mm3", type=float, default=_A.skeletal_component_mm3, metavar="MM3",
+                        help="model mode: a lesion whose 3D calcium component (26-connected) is larger than "
+                        "this is bone the segmenter put in an artery (rib, sternum, vertebra); it is excluded "
+                        "and listed in the report's excluded_lesions. 2000 is recommended (true coronary "
+                        "components measured <= 500 mm³, the skeleton's >= 18,000); 0 turns the check off.")
 
 
 def add_eligibility_options(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +104,7 @@ def agatston_config_from_args(args: argparse.Namespace) -> AgatstonConfig:
         reference_thickness_mm=args.reference_thickness_mm,
         normalise_thickness=not args.no_thickness_normalisation,
         mass_calibration_mg_per_hu_cm3=args.mass_calibration,
+        skeletal_component_mm3=args.skeletal_component_mm3 or None,
     )
 
 

@@ -16,9 +16,10 @@ import numpy as np
 from cacstream.engine.config import AgatstonConfig
 from cacstream.engine.pipeline.stages import SliceOutcome, place_lesion
 from cacstream.engine.report.json_report import ModelInfo, ScoredSeries
-from cacstream.engine.scoring.agatston import summarise
+from cacstream.engine.scoring.agatston import label_slice, summarise
 from cacstream.engine.scoring.results import Lesion
-from cacstream.engine.series.types import Series
+from cacstream.engine.scoring.skeleton import SKELETAL_REASON, large_component_masks
+from cacstream.engine.series.types import Geometry, Series
 
 #: Stages whose per-slice times are summed into the report's ``timings_ms``.
 SLICE_STAGES: tuple[str, ...] = ("decode", "filter", "segment", "agatston")
@@ -83,8 +84,17 @@ def finalize_series(
         lesions.extend(place_lesion(les, i, g.z_mm[i], g.slice_increment_mm) for les in outcome.lesions)
         if outcome.label_map is not None:
             label_maps[i] = outcome.label_map
+    excluded: list[Lesion] = []
+    warnings: list[str] = []
+    if mode == "model" and agatston.skeletal_component_mm3 is not None and lesions:
+        comps = [outcomes[h.key].calcium_components for h in series.slices]
+        if any(c is None for c in comps):
+            warnings.append("skeletal-calcium check skipped: a slice's calcium components were not kept")
+        else:
+            lesions, excluded = split_skeletal_lesions(lesions, comps, label_maps, g, agatston)  # type: ignore[arg-type]
     result = summarise(lesions, g, agatston)
     result.config["calcium_mask"] = "whole_slice" if mode == "threshold" else "labels>0"
+    result.excluded_lesions = [(les, SKELETAL_REASON) for les in excluded]
     timings = {k: v for k, v in stage_ms.items() if v > 0 or k in ("decode", "agatston")}
     timings.update(dict(timings_ms or {}))
     timings["summarise"] = (time.perf_counter() - t0) * 1e3
@@ -95,6 +105,50 @@ def finalize_series(
         model=model or ModelInfo(),
         slices_flagged=flagged if mode == "model" else None,
         timings_ms=timings,
+        warnings=warnings,
         report_version=report_version,
     )
     return SeriesScore(scored=scored, label_maps=label_maps)
+
+
+def split_skeletal_lesions(
+    lesions: list[Lesion],
+    components: list[tuple[np.ndarray, np.ndarray, int]],
+    label_maps: dict[int, np.ndarray],
+    geometry: Geometry,
+    config: AgatstonConfig,
+) -> tuple[list[Lesion], list[Lesion]]:
+    """(kept, excluded) lesions of a completed series: a lesion is excluded when its calcium lies in a
+    3D component larger than ``config.skeletal_component_mm3`` (engine/scoring/skeleton.py). The
+    excluded lesions' pixels are removed from ``label_maps`` (so the SEG and key image show what counts).
+
+    ``components``: each slice's sparse calcium components (``skeleton.slice_components``), in series
+    order. A slice's lesions are the components of
+    its label map in raster order (the same labeller and connectivity made both), so component k is
+    lesion k of that slice."""
+    rows, cols = geometry.rows, geometry.columns
+    by_slice: dict[int, list[Lesion]] = {}
+    for les in lesions:
+        by_slice.setdefault(les.slice_index, []).append(les)
+
+    big = large_component_masks(len(components), None, geometry.voxel_volume_mm3,
+                                float(config.skeletal_component_mm3), by_slice,  # type: ignore[arg-type]
+                                components=components.__getitem__, shape=(rows, cols))
+    kept: list[Lesion] = []
+    excluded: list[Lesion] = []
+    for z, group in by_slice.items():
+        if not big[z].any():
+            kept.extend(group)
+            continue
+        lmap = label_maps[z]
+        lab, n = label_slice(lmap > 0, config.connectivity)
+        if n != len(group):
+            raise RuntimeError(f"slice {z}: {n} lesion components in the label map, {len(group)} lesions")
+        drop = np.zeros(n + 1, bool)
+        for k, les in enumerate(group, start=1):
+            drop[k] = bool(np.any(big[z][lab == k]))
+            (excluded if drop[k] else kept).append(les)
+        if drop.any():
+            label_maps[z] = np.where(drop[lab], 0, lmap).astype(lmap.dtype)
+    kept.sort(key=lambda les: les.slice_index)
+    return kept, excluded

@@ -44,7 +44,11 @@ class SliceOutcome:
     ``label_map``: uint8 (rows, columns) holding, for every pixel of a kept lesion, the lesion's artery
     label (1..4, or :data:`UNASSIGNED_LABEL` in threshold mode); None when the slice has no lesion.
     ``flagged``: the slice filter's decision (None in threshold mode). ``error``: why the slice could
-    not be scored (the series then fails with that reason).
+    not be scored (the series then fails with that reason). ``calcium_components``: the plane's
+    8-connected calcium components (HU ≥ threshold) in the sparse form of
+    :func:`~cacstream.engine.scoring.skeleton.slice_components` (8 bytes per calcium pixel), kept in model
+    mode for the 3D skeletal check at completion: labelled here, in parallel as slices arrive, so that
+    completion only joins them.
     """
 
     job: SliceJob
@@ -54,6 +58,7 @@ class SliceOutcome:
     probability: float | None = None
     error: BaseException | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    calcium_components: tuple[np.ndarray, np.ndarray, int] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -131,10 +136,19 @@ def score_slice(
     t0 = time.perf_counter()
     timings = dict(timings_ms or {})
     lesions = lesions_of_slice(hu2d, labels2d, job.header, config)
-    label_map = lesion_label_map(hu2d, labels2d, lesions, job.header, config) if with_mask else None
+    skeletal_check = labels2d is not None and config.skeletal_component_mm3 is not None
+    # the skeletal check at completion finds each lesion's pixels through its label map
+    label_map = lesion_label_map(hu2d, labels2d, lesions, job.header, config) if with_mask or skeletal_check else None
+    comps = None
+    if skeletal_check:
+        from cacstream.engine.scoring.ccl import threshold_for
+        from cacstream.engine.scoring.skeleton import slice_components
+
+        hu = np.asarray(hu2d)
+        comps = slice_components(hu >= threshold_for(hu.dtype, config.threshold_hu))  # exact, no float64 copy
     timings["agatston"] = timings.get("agatston", 0.0) + (time.perf_counter() - t0) * 1e3
     return SliceOutcome(job=job, lesions=lesions, label_map=label_map, flagged=flagged,
-                        probability=probability, timings_ms=timings)
+                        probability=probability, timings_ms=timings, calcium_components=comps)
 
 
 def place_lesion(lesion: Lesion, slice_index: int, z_mm: float, voxel_depth_mm: float) -> Lesion:

@@ -128,6 +128,7 @@ def scored_report(s: ScoredSeries) -> dict[str, Any]:
             "mass_mg_per_artery": _per_artery(r.mass_mg_per_artery),
             "risk_category": r.risk_category,
             "lesions": [_lesion_json(les) for les in r.lesions],
+            "excluded_lesions": [{**_lesion_json(les), "reason": why} for les, why in r.excluded_lesions],
             "slices_total": s.series.geometry.n_slices,
             "slices_flagged": s.slices_flagged,
             "geometry": geometry_json(s.series.geometry),

@@ -99,7 +99,13 @@ def render_key_image(
     per_artery = report.get("agatston_per_artery") or {}
     if report.get("mode") == "model":
         draw.text((pad, 30), "   ".join(f"{a} {per_artery.get(a, 0.0):.1f}" for a in ARTERIES), fill=_FG, font=font)
-    draw.text((pad, 48), f"series …{uid[-40:]}", fill=(160, 160, 160), font=small)
+    excluded = report.get("excluded_lesions") or []
+    note = ""
+    if excluded:  # not drawn (not counted), but the reader must know they were found and set aside
+        raw = sum(float(les["score"]) for les in excluded) * float(
+            (report.get("agatston_config") or {}).get("thickness_factor", 1.0))
+        note = f"    excluded as bone (skeletal check): {len(excluded)} lesions, Agatston {raw:.1f}, not counted"
+    draw.text((pad, 48), f"series …{uid[-40:]}{note}", fill=(160, 160, 160), font=small)
     x = pad
     for i, img in panels:
         draw.text((x, head + 2), f"slice {i + 1}/{n_slices}   z {_z(report, i):.1f} mm", fill=_FG, font=small)

@@ -34,8 +34,15 @@ import numpy as np
 
 from cacstream.engine.config import AgatstonConfig
 from cacstream.engine.domain import ARTERIES, LABEL_ARTERY, risk_category
-from cacstream.engine.scoring.ccl import ComponentTable, label_slice, slice_components, volume_components, warmup
+from cacstream.engine.scoring.ccl import (
+    ComponentTable,
+    label_slice,
+    slice_components,
+    volume_components,
+    warmup,
+)
 from cacstream.engine.scoring.results import AgatstonResult, Lesion
+from cacstream.engine.scoring.skeleton import SKELETAL_REASON, large_component_masks
 from cacstream.engine.series.types import Geometry
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "lesions_from_table",
     "score_volume",
     "slice_lesions",
+    "split_skeletal",
     "summarise",
     "thickness_factor",
     "volume_table",
@@ -205,10 +213,47 @@ def score_volume(
     labels: np.ndarray | None = None,
     config: AgatstonConfig = AgatstonConfig(),
 ) -> AgatstonResult:
-    """Score a whole series: HU (slices, rows, cols) + optional uint8 labels (0 bg, 1..4 arteries)."""
+    """Score a whole series: HU (slices, rows, cols) + optional uint8 labels (0 bg, 1..4 arteries).
+
+    With labels and ``config.skeletal_component_mm3`` set, lesions in bone-sized 3D calcium components
+    are excluded (engine/scoring/skeleton.py) and returned in ``excluded_lesions``."""
+    excluded: list[Lesion] = []
+    if labels is not None and config.skeletal_component_mm3 is not None:
+        labels, dropped = split_skeletal(hu, geometry, labels, config)
+        if dropped is not None:
+            t = volume_table(hu, geometry, dropped, config)
+            excluded = lesions_from_table(t, geometry.pixel_area_mm2, geometry.z_mm,
+                                          float(geometry.slice_increment_mm), config)
     table = volume_table(hu, geometry, labels, config)
     lesions = lesions_from_table(table, geometry.pixel_area_mm2, geometry.z_mm,
                                  float(geometry.slice_increment_mm), config)
     result = summarise(lesions, geometry, config)
     result.config["calcium_mask"] = "whole_slice" if labels is None else "labels>0"
+    result.excluded_lesions = [(les, SKELETAL_REASON) for les in excluded]
     return result
+
+
+def split_skeletal(
+    hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels without the skeletal calcium, labels of only the skeletal calcium or None when there is none)."""
+    thr = np.float64(config.threshold_hu)
+
+    def calcium(z: int) -> np.ndarray:  # the lesions' own float64 comparison
+        return np.asarray(hu[z], dtype=np.float64) >= thr
+
+    labelled = np.flatnonzero(np.asarray(labels).reshape(len(labels), -1).max(axis=1) > 0)
+    query = [int(z) for z in labelled if np.any(calcium(int(z)) & (labels[z] > 0))]
+    if not query:
+        return labels, None
+    big = large_component_masks(len(hu), calcium, geometry.voxel_volume_mm3,
+                                float(config.skeletal_component_mm3), query)  # type: ignore[arg-type]
+    hit = [z for z in query if np.any(big[z] & (labels[z] > 0))]
+    if not hit:
+        return labels, None
+    kept = np.array(labels, dtype=np.uint8, copy=True)
+    dropped = np.zeros_like(kept)
+    for z in hit:
+        dropped[z] = np.where(big[z], kept[z], 0)
+        kept[z][big[z]] = 0
+    return kept, dropped

@@ -40,3 +40,5 @@ class AgatstonResult:
     risk_category: str
     thickness_factor: float
     config: dict = field(default_factory=dict)
+    #: lesions found but not counted, with the reason (``skeletal``: part of a bone-sized 3D component)
+    excluded_lesions: list[tuple[Lesion, str]] = field(default_factory=list)

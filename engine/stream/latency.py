@@ -45,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-wait-ms", type=float, default=20.0,
                         help="batch wait of the model stages (lower is lower latency on a CPU)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the figures to FILE")
-    from cacstream.engine.commands.options import add_segment_regions_option
+    from cacstream.engine.commands.options import add_segment_regions_option, add_skeletal_option
 
     add_segment_regions_option(parser)
+    add_skeletal_option(parser)
 
 
 def _default_series(work: Path) -> tuple[list[Path], str]:
@@ -140,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
                    "platform": platform.platform()},
         "command": "cacstream bench stream " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if k in ("rate", "repeats", "quiet_s", "mode", "segment_regions") and v is not None),
+            if k in ("rate", "repeats", "quiet_s", "mode", "segment_regions", "skeletal_component_mm3")
+            and v is not None),
     }
     t = Table(title="last slice landed → report published, minus the quiet period")
     t.add_column("median s")

@@ -118,10 +118,11 @@ def acquisition_dict(a: AcquisitionInfo) -> dict:
 
 
 def score_truth(hu: np.ndarray, geometry: Geometry, labels: np.ndarray | None) -> AgatstonResult:
-    """Agatston on the phantom's own image with the project's scorer (default convention)."""
+    """Agatston on the phantom's own image with the project's scorer (default convention; every labelled
+    lesion counts: the skeletal check guards model labels, truth labels need none)."""
     from cacstream.engine.scoring.agatston import score_volume
 
-    return score_volume(hu, geometry, labels, AgatstonConfig())
+    return score_volume(hu, geometry, labels, AgatstonConfig(skeletal_component_mm3=None))
 
 
 def slice_flags(result: AgatstonResult, n_slices: int) -> list[bool]:
