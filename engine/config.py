@@ -27,7 +27,7 @@ class AgatstonConfig:
             component (26-connected, HU ≥ threshold) larger than this is bone the segmenter mistook
             for an artery (rib, sternum, vertebra): it is excluded and listed with the reason. None
             keeps every lesion. 2,000 mm³ by default: true coronary components measured ≤ 500 mm³,
-            the skeleton's ≥ 18,000 mm³ (engine/scoring/skeleton.py).
+            the largest bone components of a scan 146,000-491,000 mm³ (engine/scoring/skeleton.py).
     """
 
     threshold_hu: float = 130.0

@@ -83,7 +83,7 @@ def add_skeletal_option(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                         help="model mode: a lesion whose 3D calcium component (26-connected) is larger than "
                         "this is bone the segmenter put in an artery (rib, sternum, vertebra); it is excluded "
                         "and listed in the report's excluded_lesions. 2000 is recommended (true coronary "
-                        "components measured <= 500 mm³, the skeleton's >= 18,000); 0 turns the check off.")
+                        "components measured <= 500 mm³, a scan's spine and ribs 146,000-491,000); 0 turns the check off.")
 
 
 def add_eligibility_options(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ calcification is a deposit in the wall of a 2-5 mm artery; at HU ≥ 130 it is i
 component. Bone is not: ribs, sternum and spine join into components of tens to hundreds of cm³. Measured
 (``python scripts/skeletal-calcium-probe.py``): on the held-out phantoms every model lesion on bone lay in a
 component above 2,000 mm³ and no true coronary lesion in one above 500 mm³; on the COCA ROIs the largest
-component under a coronary ROI is 134 mm³, the skeleton's are 18,000-490,000 mm³. So, in model mode, a
+component under a coronary ROI is 134 mm³, the largest (bone) components of a scan 146,000-491,000 mm³. So, in model mode, a
 lesion whose component exceeds ``AgatstonConfig.skeletal_component_mm3`` is excluded and listed in the
 report with the reason; it is not counted.
 
