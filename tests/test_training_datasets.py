@@ -253,3 +253,44 @@ def test_patch_targets_mark_the_patch_holding_calcium() -> None:
     assert p.sum() == 1.0 and p.reshape(14, 14)[2, 8] == 1.0
     with pytest.raises(ValueError, match="augment"):
         ClassifierSliceDataset([case], refs, PreprocessConfig(input_size=224), augment=True, patch_grid=14)
+
+
+def test_hard_negative_crops_centre_on_non_coronary_calcium_component_by_component() -> None:
+    """positive_crop_p 0 and hard_negative_crop_p 1: every patch holds non-coronary calcium, and a
+    3-pixel 'aortic' deposit is drawn about as often as a 400-pixel 'vertebra' (component-uniform, not
+    pixel-uniform, which would pick it ~1 % of the time). With hard_negative_crop_p 0 many patches hold
+    no calcium at all."""
+    from cacstream.training.datasets.cases import Case
+    from cacstream.training.datasets.slices import SliceRef, window_input_value
+
+    size = 64
+    hu = np.full((1, size, size), 40.0, np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    hu[0, 44:64, 12:32] = 700.0  # vertebra: 400 px, never labelled
+    hu[0, 5, 5:8] = 400.0  # aortic deposit: 3 px, not coronary
+    hu[0, 10:13, 50:53] = 500.0  # coronary calcium, labelled LAD
+    labels[0, 10:13, 50:53] = 2
+    case = Case("hn", "hn", hu, labels, (0.7, 0.7))
+    pre = PreprocessConfig(input_size=size, normalisation="window", window_hu=(-300.0, 1200.0))
+    ref = SliceRef(0, 0, True)
+
+    def patches(hard: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        ds = SegmentationSliceDataset([case], [ref], [], pre, train_crop=16, positive_crop_p=0.0,
+                                      negative_fraction=0.0, hard_negative_crop_p=hard, seed=3)
+        out = []
+        for e in range(200):
+            ds.set_epoch(e)
+            out.append(ds[0])
+        return out
+
+    bright = float(window_input_value(130.0, pre)) - 1e-6
+    hard = patches(1.0)
+    non_coronary = [bool(((x[0] >= bright) & (y == 0)).any()) for x, y in hard]
+    v400 = float(window_input_value(400.0, pre))  # the deposit's input value (the window is wider)
+    aortic = [bool((abs(x[0] - v400) < 1e-4).any()) for x, _ in hard]
+    assert all(non_coronary)
+    assert 0.3 < float(np.mean(aortic)) < 0.7
+    plain = patches(0.0)
+    assert np.mean([bool((x[0] >= bright).any()) for x, _ in plain]) < 0.8
+    with pytest.raises(ValueError, match="window"):
+        SegmentationSliceDataset([case], [ref], [], PreprocessConfig(input_size=size), hard_negative_crop_p=0.5)

@@ -361,6 +361,12 @@ class UNetConfig:
         "calcium-free slices added per calcified slice (teaches 'bone is not "
         "coronary'); 0 = calcified slices only.",
     )
+    hard_negative_crop_p: float = _f(
+        0.0,
+        "probability that a patch not centred on coronary calcium is centred on a random non-coronary "
+        "calcium component instead (aortic wall, valves, bone; each component equally likely). The "
+        "engine's regions put the U-Net exactly on such calcium; 0.5 recommended when fine-tuning.",
+    )
     epochs: int = _f(100, "training epochs (paper: 100).")
     batch_size: int = _f(16, "patches per step (paper: 64 whole slices on GPUs).")
     lr: float = _f(1e-4, "Adam learning rate (paper: 1e-4).")
@@ -624,6 +630,9 @@ def validate_config(cfg: Any) -> list[str]:
         if cfg.ce_class_weights and len(cfg.ce_class_weights) != 5:
             p.append("ce_class_weights needs 5 values [bg, LM, LAD, LCX, RCA] or none")
         frac("positive_crop_p", cfg.positive_crop_p)
+        frac("hard_negative_crop_p", cfg.hard_negative_crop_p)
+        if cfg.hard_negative_crop_p and cfg.preprocess.normalisation != "window":
+            p.append("hard_negative_crop_p needs preprocess.normalisation = 'window'")
         frac("hflip_p", cfg.hflip_p)
         if cfg.train_crop < 0 or cfg.train_crop > cfg.preprocess.input_size:
             p.append(f"train_crop must be in [0, input_size={cfg.preprocess.input_size}]")

@@ -123,9 +123,8 @@ def split_skeletal_lesions(
     excluded lesions' pixels are removed from ``label_maps`` (so the SEG and key image show what counts).
 
     ``components``: each slice's sparse calcium components (``skeleton.slice_components``), in series
-    order. A slice's lesions are the components of
-    its label map in raster order (the same labeller and connectivity made both), so component k is
-    lesion k of that slice."""
+    order. A slice's lesions are the components of its label map in raster order (the same labeller and
+    connectivity made both), so component k is lesion k of that slice."""
     rows, cols = geometry.rows, geometry.columns
     by_slice: dict[int, list[Lesion]] = {}
     for les in lesions:

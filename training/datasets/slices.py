@@ -145,6 +145,23 @@ class ClassifierSliceDataset(Dataset):
         mask = torch.from_numpy(np.ascontiguousarray(lab > 0, dtype=np.float32))[None, None]
         return torch.nn.functional.adaptive_max_pool2d(mask, self.patch_grid).flatten()
 
+    def _hard_negative_centre(self, x: Tensor, y: Tensor, g: torch.Generator) -> tuple[int, int] | None:
+        """With probability ``hard_negative_crop_p``: a pixel of a random calcium component (≥ the calcium
+        threshold in the input) that is not coronary, each component equally likely, so a small aortic or
+        valve deposit is drawn as often as the spine; None otherwise or when the slice has none."""
+        if not self.hard_negative_crop_p or float(torch.rand((), generator=g)) >= self.hard_negative_crop_p:
+            return None
+        from cacstream.engine.scoring.ccl import label_slice
+
+        cut = window_input_value(self.preprocess.calcium_threshold_hu, self.preprocess) - 1e-6
+        lab, n = label_slice(((x[0] >= cut) & (y == 0)).numpy(), 8)
+        if n == 0:
+            return None
+        k = 1 + int(torch.randint(n, (), generator=g))
+        rows, cols = np.nonzero(lab == k)
+        j = int(torch.randint(rows.size, (), generator=g))
+        return int(rows[j]), int(cols[j])
+
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         ref = self.refs[i]
         case = self.cases[ref.case]
@@ -197,6 +214,7 @@ class SegmentationSliceDataset(Dataset):
         train_crop: int = 0,
         positive_crop_p: float = 0.8,
         negative_fraction: float = 0.25,
+        hard_negative_crop_p: float = 0.0,
         hflip_p: float = 0.0,
         intensity_jitter: float = 0.0,
         seed: int = 0,
@@ -207,6 +225,10 @@ class SegmentationSliceDataset(Dataset):
         self.ignore_below_hu = ignore_below_hu
         self.positives, self.negatives = list(positives), list(negatives)
         self.train_crop, self.positive_crop_p = train_crop, positive_crop_p
+        self.hard_negative_crop_p = hard_negative_crop_p
+        if hard_negative_crop_p and preprocess.normalisation != "window":
+            raise ValueError("hard_negative_crop_p needs the 'window' normalisation: calcium is found by its "
+                             "input value, which only a fixed HU window maps one to one")
         self.hflip_p, self.intensity_jitter, self.seed, self.train = hflip_p, intensity_jitter, seed, train
         self.n_neg = min(len(self.negatives), int(round(negative_fraction * len(self.positives))))
         self.epoch = 0
@@ -240,6 +262,23 @@ class SegmentationSliceDataset(Dataset):
             y = torch.where(x[0] >= cut, y, IGNORE_INDEX)
         return x, y
 
+    def _hard_negative_centre(self, x: Tensor, y: Tensor, g: torch.Generator) -> tuple[int, int] | None:
+        """With probability ``hard_negative_crop_p``: a pixel of a random calcium component (≥ the calcium
+        threshold in the input) that is not coronary, each component equally likely, so a small aortic or
+        valve deposit is drawn as often as the spine; None otherwise or when the slice has none."""
+        if not self.hard_negative_crop_p or float(torch.rand((), generator=g)) >= self.hard_negative_crop_p:
+            return None
+        from cacstream.engine.scoring.ccl import label_slice
+
+        cut = window_input_value(self.preprocess.calcium_threshold_hu, self.preprocess) - 1e-6
+        lab, n = label_slice(((x[0] >= cut) & (y == 0)).numpy(), 8)
+        if n == 0:
+            return None
+        k = 1 + int(torch.randint(n, (), generator=g))
+        rows, cols = np.nonzero(lab == k)
+        j = int(torch.randint(rows.size, (), generator=g))
+        return int(rows[j]), int(cols[j])
+
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         ref = self.refs[i]
         x, y = self.full_slice(ref)
@@ -256,6 +295,10 @@ class SegmentationSliceDataset(Dataset):
                 and float(torch.rand((), generator=g)) < self.positive_crop_p
             ):
                 cy, cx = (int(v) for v in coords[int(torch.randint(coords.shape[0], (), generator=g))])
+                top = int(torch.randint(max(cy - p + 1, 0), min(cy, s - p) + 1, (), generator=g))
+                left = int(torch.randint(max(cx - p + 1, 0), min(cx, s - p) + 1, (), generator=g))
+            elif (centre := self._hard_negative_centre(x, y, g)) is not None:
+                cy, cx = centre
                 top = int(torch.randint(max(cy - p + 1, 0), min(cy, s - p) + 1, (), generator=g))
                 left = int(torch.randint(max(cx - p + 1, 0), min(cx, s - p) + 1, (), generator=g))
             else:
