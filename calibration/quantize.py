@@ -80,7 +80,7 @@ class QuantizeConfig:
         (README, "Performance": 1.35 vs 0.90 points of filter sensitivity on the 40 held-out phantoms).
     max_fp32_layers: keep up to this many layers in FP32 that per-layer sensitivity analysis finds
         dominant (calibration/sensitivity.py; 0 skips the analysis). Recommended 2: on the v1 filter
-        one layer, the ViT's patch embedding, made 96 % of the INT8 output error.
+        one layer, the ViT's patch embedding, made 93 % of the INT8 output error.
     fp32_share: a layer is dominant when quantizing it alone gives at least this fraction of the fully
         quantized graph's output error.
     sensitivity_slices: slices of the set (spread evenly over it) on which each layer is measured.

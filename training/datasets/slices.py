@@ -145,23 +145,6 @@ class ClassifierSliceDataset(Dataset):
         mask = torch.from_numpy(np.ascontiguousarray(lab > 0, dtype=np.float32))[None, None]
         return torch.nn.functional.adaptive_max_pool2d(mask, self.patch_grid).flatten()
 
-    def _hard_negative_centre(self, x: Tensor, y: Tensor, g: torch.Generator) -> tuple[int, int] | None:
-        """With probability ``hard_negative_crop_p``: a pixel of a random calcium component (≥ the calcium
-        threshold in the input) that is not coronary, each component equally likely, so a small aortic or
-        valve deposit is drawn as often as the spine; None otherwise or when the slice has none."""
-        if not self.hard_negative_crop_p or float(torch.rand((), generator=g)) >= self.hard_negative_crop_p:
-            return None
-        from cacstream.engine.scoring.ccl import label_slice
-
-        cut = window_input_value(self.preprocess.calcium_threshold_hu, self.preprocess) - 1e-6
-        lab, n = label_slice(((x[0] >= cut) & (y == 0)).numpy(), 8)
-        if n == 0:
-            return None
-        k = 1 + int(torch.randint(n, (), generator=g))
-        rows, cols = np.nonzero(lab == k)
-        j = int(torch.randint(rows.size, (), generator=g))
-        return int(rows[j]), int(cols[j])
-
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         ref = self.refs[i]
         case = self.cases[ref.case]
@@ -289,15 +272,17 @@ class SegmentationSliceDataset(Dataset):
         p = self.train_crop or s
         if p < s:
             coords = (y > 0).nonzero() if ref.calcified else None
+            centre: tuple[int, int] | None
             if (
                 coords is not None
                 and coords.shape[0]
                 and float(torch.rand((), generator=g)) < self.positive_crop_p
             ):
                 cy, cx = (int(v) for v in coords[int(torch.randint(coords.shape[0], (), generator=g))])
-                top = int(torch.randint(max(cy - p + 1, 0), min(cy, s - p) + 1, (), generator=g))
-                left = int(torch.randint(max(cx - p + 1, 0), min(cx, s - p) + 1, (), generator=g))
-            elif (centre := self._hard_negative_centre(x, y, g)) is not None:
+                centre = (cy, cx)
+            else:
+                centre = self._hard_negative_centre(x, y, g)
+            if centre is not None:  # a patch holding that pixel
                 cy, cx = centre
                 top = int(torch.randint(max(cy - p + 1, 0), min(cy, s - p) + 1, (), generator=g))
                 left = int(torch.randint(max(cx - p + 1, 0), min(cx, s - p) + 1, (), generator=g))
