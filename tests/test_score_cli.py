@@ -149,3 +149,16 @@ def test_threshold_mode_on_a_calibration_phantom_equals_the_reference(tmp_path: 
         expected = _scipy_agatston(hu, tuple(float(v) for v in dss[0].PixelSpacing), factor)
     assert expected > 0
     assert report["agatston_total"] == pytest.approx(expected, abs=0.01)
+
+
+@pytest.mark.parametrize("option, value, reason", [
+    ("--skeletal-component-mm3", "-5", "skeletal_component_mm3 must be > 0"),
+    ("--min-area-mm2", "-1", "min_area_mm2 must be >= 0"),
+])
+def test_an_agatston_value_the_config_refuses_ends_with_its_reason(
+    folder: Path, tmp_path: Path, option: str, value: str, reason: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["score", str(folder), "--out", str(tmp_path / "o"), "--mode", "threshold", option, value, "--quiet"])
+    assert reason in str(exc.value.code) and str(exc.value.code).startswith("error: Agatston option")
+    assert not (tmp_path / "o").exists()  # nothing scored with a refused convention

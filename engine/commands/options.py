@@ -97,6 +97,14 @@ def add_eligibility_options(parser: argparse.ArgumentParser) -> None:
 
 
 def agatston_config_from_args(args: argparse.Namespace) -> AgatstonConfig:
+    """The Agatston options as a config; a value the config refuses ends the command with its reason."""
+    try:
+        return _agatston_config(args)
+    except ValueError as e:
+        raise SystemExit(f"error: Agatston option: {e}") from None
+
+
+def _agatston_config(args: argparse.Namespace) -> AgatstonConfig:
     return AgatstonConfig(
         threshold_hu=args.threshold_hu,
         connectivity=args.connectivity,
