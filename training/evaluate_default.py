@@ -440,6 +440,7 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
         return json.loads(p.read_text()) if p.is_file() else {}
 
     dino, unet, clf, unet_long = rec("dino"), rec("unet"), rec("classifier"), rec("unet-long")
+    unet_hardneg = rec("unet-hardneg")  # the optional fine-tune on hard negatives (stage 2c)
     split = json.loads((runs / "unet" / "split.json").read_text()) if (runs / "unet" / "split.json").is_file() else {}
 
     def epochs_time(r: dict[str, Any], name: str) -> float | None:
@@ -453,7 +454,8 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
         "wall_time_s": wall_s,
         "data": {
             "phantoms": "phantom seeds 1000..1399 {'kind': 'mixed', 'matrix': 512} (cacstream.training.phantom); "
-                        "DINO-LG used seeds 1000..1079, the U-Net 1000..1159 then 1000..1239 (trained longer), "
+                        "DINO-LG used seeds 1000..1079, the U-Net 1000..1159 then 1000..1239 (trained longer, then "
+                        "fine-tuned on hard negatives), "
                         "the slice filter 1000..1399",
             "phantom_count": 400,
             "kinds": "mixed: gated cardiac or non-gated chest, equal odds per seed",
@@ -480,6 +482,11 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
                           "epochs": len(unet_long.get("epochs", [])),
                           "validation": (unet_long.get("metrics") or {}).get("val"),
                           "train_seconds": epochs_time(unet_long, "unet-long"), "command": unet_long.get("command")},
+            **({"unet_hardneg": {"config": "training/configs/default_hardneg_unet.toml", "init_from": "unet-long",
+                                 "epochs": len(unet_hardneg.get("epochs", [])),
+                                 "validation": (unet_hardneg.get("metrics") or {}).get("val"),
+                                 "train_seconds": epochs_time(unet_hardneg, "unet-hardneg"),
+                                 "command": unet_hardneg.get("command")}} if unet_hardneg else {}),
         },
         "deviations_from_paper": DEVIATIONS,
     }
@@ -499,8 +506,9 @@ DEVIATIONS = [
     "slice-filter operating threshold: highest with validation sensitivity >= 0.98 (paper: 0.5)",
     "U-Net: 16 initial filters, 192² patches, loss only on calcium candidates (>= 130 HU, the pixels "
     "scoring reads), Adam 1e-3 cosine for 3 epochs on 160 phantoms, then 5e-4 cosine for 2 more on 240 "
-    "(init_from), fixed HU window [-300, 1200] (paper: 64 filters, whole 512² slices, all pixels, Adam "
-    "1e-4, 100 epochs, per-slice min-max)",
+    "(init_from), then 1 epoch at 2e-4 with half the non-coronary patches centred on non-coronary calcium "
+    "(hard_negative_crop_p 0.5), fixed HU window [-300, 1200] (paper: 64 filters, whole 512² slices, all "
+    "pixels, Adam 1e-4, 100 epochs, per-slice min-max)",
     "training data: synthetic phantoms only (paper: COCA); the COCA samples are kept for evaluation",
     "weights stored as float16 in safetensors (loaded as float32); ONNX generated on first use",
 ]
