@@ -38,6 +38,7 @@ from cacstream.engine.scoring.ccl import (
     ComponentTable,
     label_slice,
     slice_components,
+    threshold_for,
     volume_components,
     warmup,
 )
@@ -237,10 +238,10 @@ def split_skeletal(
     hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels without the skeletal calcium, labels of only the skeletal calcium or None when there is none)."""
-    thr = np.float64(config.threshold_hu)
+    thr = threshold_for(np.asarray(hu).dtype, config.threshold_hu)  # the kernels' exact comparison, no copy
 
-    def calcium(z: int) -> np.ndarray:  # the lesions' own float64 comparison
-        return np.asarray(hu[z], dtype=np.float64) >= thr
+    def calcium(z: int) -> np.ndarray:
+        return np.asarray(hu[z]) >= thr
 
     labelled = np.flatnonzero(np.asarray(labels).reshape(len(labels), -1).max(axis=1) > 0)
     query = [int(z) for z in labelled if np.any(calcium(int(z)) & (labels[z] > 0))]
