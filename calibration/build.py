@@ -123,7 +123,8 @@ def gather_population(
         for si, s in enumerate(series):
             hu = read_volume(s, threads=decode_threads).hu
             st = slice_stats(hu, models.filter_config)
-            probs = models.filter_probabilities(hu) if need_filter else [None] * len(hu)
+            probs = (models.filter_probabilities(hu, s.geometry.pixel_spacing_mm) if need_filter
+                     else [None] * len(hu))
             try:
                 truth = find_truth(s, with_labels=False)
             except TruthError as e:

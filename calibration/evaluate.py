@@ -117,7 +117,7 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
     from cacstream.engine.scoring.agatston import score_volume, split_skeletal
 
     t0 = time.perf_counter()
-    p, patches = models.filter_decisions(hu)
+    p, patches = models.filter_decisions(hu, geometry.pixel_spacing_mm)
     p = np.asarray(p, dtype=np.float64)
     flags = p >= models.filter_threshold
     labels = np.zeros(hu.shape, np.uint8)

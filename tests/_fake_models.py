@@ -41,13 +41,16 @@ class FakeRuntime:
         self.segment_batches: list[int] = []
         self._lock = threading.Lock()
 
-    def filter_probabilities(self, hu_slices: np.ndarray) -> np.ndarray:
+    def filter_probabilities(self, hu_slices: np.ndarray, pixel_spacing_mm: object = None) -> np.ndarray:
         with self._lock:
             self.filter_batches.append(len(hu_slices))
         return np.where(fake_flags(np.asarray(hu_slices)), 0.9, 0.1)
 
-    def filter_decisions(self, hu_slices: np.ndarray) -> tuple[np.ndarray, None]:
-        """A filter without patch logits: whole slices are segmented."""
+    def filter_decisions(self, hu_slices: np.ndarray, pixel_spacing_mm: object = None) -> tuple[np.ndarray, None]:
+        """A filter without patch logits (so no candidate gate either): whole slices are segmented.
+        ``pixel_spacing_mm``: one (row, column) pair per slice, as the pipeline passes it."""
+        if pixel_spacing_mm is not None:
+            assert len(pixel_spacing_mm) == len(hu_slices)
         return self.filter_probabilities(hu_slices), None
 
     def segment(self, hu_slices: np.ndarray, regions: object = None) -> np.ndarray:

@@ -125,7 +125,7 @@ def test_score_cli_with_default_weights(series, engines: Path, tmp_path: Path) -
     assert r_zero["agatston_total"] <= 0.05 * r_thr["agatston_total"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 acceptance not met by the default weights (v1.1: 6 U-Net epochs on a "
+@pytest.mark.xfail(strict=True, reason="issue 4 acceptance not met by the default weights (v1.2: 7 U-Net epochs on a "
                    "CPU): aortic / valve calcium of the zero-calcium phantom 9710 is partly labelled as an artery; "
                    "strict, so the test reports when retrained weights meet it")
 def test_zero_calcium_phantom_scores_zero(series, engines: Path, tmp_path: Path) -> None:

@@ -288,3 +288,40 @@ def test_segmentation_loss_ignores_non_candidates_exactly() -> None:
     zero, parts = segmentation_loss(logits, torch.full_like(y, IGNORE_INDEX), w)
     zero.backward()
     assert float(zero.detach()) == 0.0 and parts == {"ce": 0.0, "dice_loss": 0.0}
+
+
+def test_gated_filter_starts_from_its_init_run_and_exports_its_gate(
+    work: Path, patch_max_run: Path, unet_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """init_from + candidate_gate: at learning rate 0 the run's model is exactly the one it started from
+    (so init_from loaded backbone and layer, and the gate changes what is measured, not the weights);
+    the run, the export and the engine all carry the gate."""
+    from safetensors.numpy import load_file
+
+    from cacstream.engine.inference.candidates import CandidateRule
+    from cacstream.engine.inference.runtime import CalciumModels
+
+    run = work / "classifier-gated"
+    over = dict(
+        backbone=str(json.loads((patch_max_run / "run.json").read_text())["backbone_run"]),
+        init_from=str(patch_max_run), candidate_gate=True, finetune=True, feature_mode="patch_max",
+        patch_loss_weight=1.0, input_size=64, input_pool=2, hflip_p=0.5, lr=0.0, backbone_lr=0.0,
+        epochs=1, patience=4,
+    )
+    train("classifier", ci_config("classifier", work / "cases", work, **over), run)
+    before, after = load_file(str(patch_max_run / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    rec = json.loads((run / "run.json").read_text())
+    assert rec["candidate_gate"] == CandidateRule().to_dict() and rec["init_from"] == str(patch_max_run.resolve())
+    assert math.isfinite(epochs(run)[0]["train_loss"])
+    out = work / "weights-gated"
+    assert main(["export", "--classifier", str(run), "--segmenter", str(unet_run), "--out", str(out)]) == 0
+    gate = json.loads((out / "config.json").read_text())["slice_filter"]["candidate_gate"]
+    assert CandidateRule.from_dict(gate) == CandidateRule() and "Agatston" in gate["meaning"]
+    assert CalciumModels.load(out, backend="onnxruntime", threads=1).candidate_rule == CandidateRule()
+    # a read-out that does not match is refused with the run named
+    bad = ci_config("classifier", work / "cases", work, **{**over, "input_pool": 1, "input_size": 32})
+    capsys.readouterr()
+    assert main(["train", "classifier", "--config", str(bad), "--out", str(work / "bad"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "init_from" in err and "differs from this run's" in err, err

@@ -248,11 +248,32 @@ def test_patch_targets_mark_the_patch_holding_calcium() -> None:
     case.labels[0, 100, 300] = 2
     refs = select_slices([case], DataConfig())
     ds = ClassifierSliceDataset([case], refs, PreprocessConfig(input_size=224), patch_grid=14)
-    x, y, p = ds[0]
-    assert x.shape == (1, 224, 224) and p.shape == (196,)
+    x, y, p, cand = ds[0]
+    assert x.shape == (1, 224, 224) and p.shape == (196,) and cand.numel() == 0  # candidates not asked for
     assert p.sum() == 1.0 and p.reshape(14, 14)[2, 8] == 1.0
     with pytest.raises(ValueError, match="augment"):
         ClassifierSliceDataset([case], refs, PreprocessConfig(input_size=224), augment=True, patch_grid=14)
+
+
+def test_candidates_are_the_engines_gate_on_the_native_slice() -> None:
+    """candidate_grid: the dataset hands the trainer exactly what the engine's gate computes."""
+    from cacstream.engine.inference.candidates import CandidateRule, candidate_patches
+
+    case = make_case(0, size=128, slices=2)
+    case.hu[0] = 0
+    case.hu[0, 40:44, 90:94] = 400
+    refs = select_slices([case], DataConfig())
+    ds = ClassifierSliceDataset([case], refs, PreprocessConfig(input_size=64), candidate_grid=4,
+                                candidate_rule=CandidateRule())
+    for i, ref in enumerate(refs):
+        _, _, p, cand = ds[i]
+        want = candidate_patches(case.hu[ref.z], case.pixel_spacing_mm, 64, 4, CandidateRule())
+        assert p.numel() == 0 and np.array_equal(cand.numpy().reshape(4, 4) > 0, want[0])
+    z0 = [i for i, r in enumerate(refs) if r.z == 0]  # 16 px of 0.7² mm² = 7.8 mm²: one candidate
+    cand0 = ds[z0[0]][3].reshape(4, 4)
+    assert cand0.sum() == 1.0 and cand0[1, 2] == 1.0  # rows 40-43 of 128 -> patch row 1; cols 90-93 -> 2
+    with pytest.raises(ValueError, match="candidate_rule"):
+        ClassifierSliceDataset([case], refs, PreprocessConfig(input_size=64), candidate_grid=4)
 
 
 def test_hard_negative_crops_centre_on_non_coronary_calcium_component_by_component() -> None:

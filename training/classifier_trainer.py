@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cacstream.engine.inference.candidates import CandidateRule, candidate_patches
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.checkpoint import (
     load_checkpoint,
@@ -182,14 +183,23 @@ def fold_standardization(head: LinearHead, stats: tuple[Tensor, Tensor]) -> None
     head.linear.weight.copy_(w)
 
 
+def _logits(head: LinearHead, feats: Tensor, device: torch.device, candidates: Tensor | None) -> Tensor:
+    """Slice logits of cached features; gated by ``candidates`` (B, N) when the filter uses the gate."""
+    head.eval()
+    with torch.no_grad():
+        if candidates is None:
+            return head(feats.to(device)).float().cpu()
+        assert isinstance(head, PatchMaxHead)
+        return head(feats.to(device), candidates.to(device)).float().cpu()
+
+
 def _evaluate(
-    head: LinearHead, feats: Tensor, targets: Tensor, pos_weight: float, device: torch.device
+    head: LinearHead, feats: Tensor, targets: Tensor, pos_weight: float, device: torch.device,
+    candidates: Tensor | None = None,
 ) -> dict[str, float]:
     if not len(targets):
         return {}
-    head.eval()
-    with torch.no_grad():
-        logits = head(feats.to(device)).float().cpu()
+    logits = _logits(head, feats, device, candidates)
     loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.tensor(pos_weight))
     probs = torch.sigmoid(logits).numpy()
     m = binary_metrics(probs, targets.numpy(), 0.5)
@@ -202,10 +212,41 @@ def _evaluate(
     }
 
 
-def _probs(head: LinearHead, feats: Tensor, device: torch.device) -> np.ndarray:
-    head.eval()
-    with torch.no_grad():
-        return torch.sigmoid(head(feats.to(device)).float()).cpu().numpy()
+def _probs(head: LinearHead, feats: Tensor, device: torch.device, candidates: Tensor | None = None) -> np.ndarray:
+    return torch.sigmoid(_logits(head, feats, device, candidates)).numpy()
+
+
+def candidate_masks(dataset: ClassifierSliceDataset, rule: CandidateRule, grid: int) -> Tensor:
+    """(N, grid²) candidate patches of every slice of ``dataset`` (the gate the engine applies)."""
+    rows = []
+    for ref in dataset.refs:
+        case = dataset.cases[ref.case]
+        cand = candidate_patches(np.asarray(case.hu[ref.z], np.float32), case.pixel_spacing_mm,
+                                 dataset.preprocess.input_size, grid, rule)
+        rows.append(torch.from_numpy(cand.reshape(-1).astype(np.float32)))
+    return torch.stack(rows) if rows else torch.zeros(0, grid * grid)
+
+
+def init_from_classifier(run: Path, backbone: VisionTransformer, head: LinearHead, spec: FeatureSpec,
+                         preprocess: PreprocessConfig) -> None:
+    """Load a finished fine-tuned classifier run's backbone and linear layer (``init_from``); its read-out
+    and served input must be this run's."""
+    rec = read_run_record(run, "classifier")
+    mine = {"feature": spec.to_dict(), "input_size": preprocess.input_size,
+            "window_hu": list(preprocess.window_hu) if preprocess.normalisation == "window" else None}
+    theirs = {"feature": rec["feature"], "input_size": rec["preprocess"]["input_size"],
+              "window_hu": rec["preprocess"].get("window_hu") if rec["preprocess"].get("normalisation") == "window"
+              else None}
+    if mine != theirs:
+        raise RunError(f"init_from {run}: its read-out / input {theirs} differs from this run's {mine}")
+    path = Path(run) / rec.get("weights", MODEL_FILE)
+    try:
+        model = SliceFilter(backbone, head, spec)
+        missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    except Exception as e:  # safetensors raises its own error type; shape mismatches are RuntimeError
+        raise RunError(f"init_from {path}: cannot load it into this filter ({e})") from None
+    if missing or unexpected:
+        raise RunError(f"init_from {path}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def _split_overlap(dino_run: Path, split: Split) -> list[str]:
@@ -256,6 +297,8 @@ def _train_classifier(
     for p in backbone.parameters():
         p.requires_grad = finetune
     spec = FeatureSpec(cfg.feature_mode, cfg.n_last_blocks, cfg.avgpool, cfg.maxpool, cfg.input_pool)
+    gate = CandidateRule() if cfg.candidate_gate else None  # the Agatston lesion rule, as served by default
+    grid = backbone.patch_embed.grid_size
 
     loaded = load_data(cfg.data, run_dir, quiet)
     overlap = _split_overlap(Path(cfg.backbone), loaded.split)
@@ -274,8 +317,14 @@ def _train_classifier(
             augment=(cfg.augment and name == "train"),
             crop_scale=(cfg.crop_scale[0], cfg.crop_scale[1]),
             seed=seed,
-            patch_grid=backbone.patch_embed.grid_size if (name == "train" and cfg.patch_loss_weight > 0) else 0,
+            patch_grid=grid if (name == "train" and cfg.patch_loss_weight > 0) else 0,
+            candidate_grid=grid if (name == "train" and gate is not None) else 0,
+            candidate_rule=gate,
         )
+    cands: dict[str, Tensor | None] = {
+        name: candidate_masks(sets[name], gate, grid) if gate is not None and name != "train" else None
+        for name in ("val", "test")
+    }
     y_train = sets["train"].targets()
     n_pos, n_neg = int(y_train.sum()), int(len(y_train) - y_train.sum())
     if not len(y_train) or not n_pos or not n_neg:
@@ -288,7 +337,10 @@ def _train_classifier(
         )
     pos_weight = cfg.pos_weight or n_neg / n_pos
 
-    head = make_head(spec, backbone.embed_dim).to(device)
+    head = make_head(spec, backbone.embed_dim)
+    if cfg.init_from:
+        init_from_classifier(Path(cfg.init_from), backbone, head, spec, preprocess)
+    head = head.to(device)
     groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": cfg.lr}]
     patch_head: Any = None
     if isinstance(head, PatchMaxHead):  # the served layer itself is trained on the patch labels
@@ -370,19 +422,16 @@ def _train_classifier(
                         bar.update(it_task, advance=len(idx))
                 else:
                     f, y = cache["train"][0][idx].to(device), cache["train"][1][idx].to(device)
-                logits = head(f)
-                loss = F.binary_cross_entropy_with_logits(
-                    logits, y, pos_weight=torch.tensor(pos_weight, device=device)
-                )
+                cand = None
+                if gate is not None:  # candidates flip with the slice, like the patch targets
+                    cand = _flip_grid(torch.stack([it_[3] for it_ in items]).to(device), flip, grid)
+                logits = head(f) if cand is None else head(f, cand)
+                keep = None if cand is None else cand.amax(dim=-1) > 0  # no candidate: the gate decides
+                loss = _weighted_bce(logits, y, pos_weight, keep)
                 if patch_head is not None:
-                    pt = torch.stack([it_[2] for it_ in items]).to(device)
-                    if flip is not None:  # the patch grid flips with the slice
-                        gs = backbone.patch_embed.grid_size
-                        flipped = pt.view(-1, gs, gs).flip(-1).reshape(pt.shape)
-                        pt = torch.where(flip.view(-1, 1).to(device), flipped, pt)
-                    loss = loss + cfg.patch_loss_weight * F.binary_cross_entropy_with_logits(
-                        patch_head(patches.float()), pt,
-                        pos_weight=torch.tensor(cfg.patch_pos_weight, device=device),
+                    pt = _flip_grid(torch.stack([it_[2] for it_ in items]).to(device), flip, grid)
+                    loss = loss + cfg.patch_loss_weight * _weighted_bce(
+                        patch_head(patches.float()), pt, cfg.patch_pos_weight, None if cand is None else cand > 0
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -396,7 +445,7 @@ def _train_classifier(
                 cache["val"] = compute_features(
                     backbone, sets["val"], spec, device, cfg.runtime.precision, cfg.batch_size, bar, "val"
                 )
-            val = _evaluate(head, *cache["val"], pos_weight, device)
+            val = _evaluate(head, *cache["val"], pos_weight, device, cands["val"])
             f1 = val["f1"] if np.isfinite(val["f1"]) else 0.0
             if f1 > best_f1:
                 best_f1, bad_epochs = f1, 0
@@ -449,7 +498,7 @@ def _train_classifier(
                 cache[name] = compute_features(
                     backbone, sets[name], spec, device, cfg.runtime.precision, cfg.batch_size, bar, name
                 )
-        val_probs = _probs(head, cache["val"][0], device)
+        val_probs = _probs(head, cache["val"][0], device, cands["val"])
         val_t = cache["val"][1].numpy()
         threshold = threshold_for_sensitivity(val_probs, val_t, cfg.target_sensitivity)
         threshold_rule = f"highest threshold with validation sensitivity >= {cfg.target_sensitivity}"
@@ -466,7 +515,7 @@ def _train_classifier(
             "val": binary_metrics(val_probs, val_t, threshold) | {"auc": roc_auc(val_probs, val_t)},
         }
         if len(cache["test"][1]):
-            tp = _probs(head, cache["test"][0], device)
+            tp = _probs(head, cache["test"][0], device, cands["test"])
             summary["test"] = binary_metrics(tp, cache["test"][1].numpy(), threshold) | {
                 "auc": roc_auc(tp, cache["test"][1].numpy())
             }
@@ -489,6 +538,8 @@ def _train_classifier(
                 "embed_dim": backbone.embed_dim,
                 "feature": spec.to_dict(),
                 "feature_dim": spec.dim(backbone.embed_dim),
+                "candidate_gate": gate.to_dict() if gate is not None else None,
+                "init_from": str(Path(cfg.init_from).resolve()) if cfg.init_from else None,
                 "preprocess": preprocess.to_dict(),
                 "weights": MODEL_FILE,
                 "augment": cfg.augment,
@@ -510,6 +561,24 @@ def _train_classifier(
             },
         )
     return result
+
+
+def _flip_grid(t: Tensor, flip: Tensor | None, grid: int) -> Tensor:
+    """Per-patch rows (B, grid²) flipped left-right where ``flip`` is set (the slice was flipped)."""
+    if flip is None:
+        return t
+    flipped = t.view(-1, grid, grid).flip(-1).reshape(t.shape)
+    return torch.where(flip.view(-1, 1).to(t.device), flipped, t)
+
+
+def _weighted_bce(logits: Tensor, targets: Tensor, pos_weight: float, keep: Tensor | None) -> Tensor:
+    """Weighted BCE, averaged over the entries ``keep`` selects (all without it; 0 when it selects none)."""
+    w = torch.tensor(pos_weight, device=logits.device)
+    if keep is None:
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=w)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[keep], targets[keep], pos_weight=w)
 
 
 def _save(

@@ -296,6 +296,21 @@ class ClassifierConfig:
         "calcification loses contrast (a bilinear resize to 224² averages small lesions below "
         "130 HU; docs/models.md). Recommended on CPU budgets: 64 patch tokens instead of 196.",
     )
+    candidate_gate: bool = _f(
+        False,
+        "patch_max only: train and serve the filter gated by calcium candidates (engine/inference/"
+        "candidates.py): only patches holding a 2D component >= 130 HU and >= 1 mm² (the Agatston "
+        "lesion rule) can flag a slice, so the slice logit is the maximum over those patches and the "
+        "patch loss covers them only; the threshold is chosen with the gate and config.json records it. "
+        "Cannot change a score (no lesion lies outside a candidate); recommended: it spends the layer "
+        "on the hard patches (bone, aortic and valve calcium, noise clusters) instead of empty tissue.",
+    )
+    init_from: str = _f(
+        "",
+        "finetune only: a finished `cacstream train classifier` run with the same read-out whose "
+        "backbone and linear layer start this run (a fresh optimizer and threshold); empty = the DINO "
+        "backbone and a new linear layer.",
+    )
     hflip_p: float = _f(
         0.0,
         "finetune without augment: probability of flipping a training slice left-right (its patch "
@@ -532,7 +547,7 @@ def resolve_paths(cfg: T, base: Path) -> T:
     sources = [dataclasses.replace(s, path=fix(s.path), cache_dir=fix(s.cache_dir)) for s in data.sources]
     out = dataclasses.replace(cfg, data=dataclasses.replace(data, sources=sources))  # type: ignore[type-var]
     if isinstance(out, ClassifierConfig):
-        out = dataclasses.replace(out, backbone=fix(out.backbone))
+        out = dataclasses.replace(out, backbone=fix(out.backbone), init_from=fix(out.init_from))
     if isinstance(out, UNetConfig) and out.init_from:
         out = dataclasses.replace(out, init_from=fix(out.init_from))
     return out  # type: ignore[return-value]
@@ -617,6 +632,10 @@ def validate_config(cfg: Any) -> list[str]:
             p.append("input_size, input_pool and hflip_p need finetune = true (the backbone is rebuilt)")
         if cfg.input_pool < 1 or (cfg.input_size and cfg.input_size % cfg.input_pool):
             p.append(f"input_pool must be >= 1 and divide input_size, got {cfg.input_pool} and {cfg.input_size}")
+        if cfg.candidate_gate and cfg.feature_mode != "patch_max":
+            p.append("candidate_gate gates patch logits: it needs feature_mode patch_max")
+        if cfg.init_from and not cfg.finetune:
+            p.append("init_from starts from a fine-tuned filter: it needs finetune = true")
         frac("hflip_p", cfg.hflip_p)
         if cfg.standardize and (cfg.augment or cfg.finetune):
             p.append("standardize needs cached frozen features (augment = false, finetune = false)")

@@ -441,6 +441,8 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
 
     dino, unet, clf, unet_long = rec("dino"), rec("unet"), rec("classifier"), rec("unet-long")
     unet_hardneg = rec("unet-hardneg")  # the optional fine-tune on hard negatives (stage 2c)
+    unet_hardneg2 = rec("unet-hardneg2")  # its second round, on all 400 phantoms (stage 2d)
+    clf_gated = rec("classifier-gated")  # the filter fine-tuned with the candidate gate (stage 2b)
     split = json.loads((runs / "unet" / "split.json").read_text()) if (runs / "unet" / "split.json").is_file() else {}
 
     def epochs_time(r: dict[str, Any], name: str) -> float | None:
@@ -455,8 +457,8 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
         "data": {
             "phantoms": "phantom seeds 1000..1399 {'kind': 'mixed', 'matrix': 512} (cacstream.training.phantom); "
                         "DINO-LG used seeds 1000..1079, the U-Net 1000..1159 then 1000..1239 (trained longer, then "
-                        "fine-tuned on hard negatives), "
-                        "the slice filter 1000..1399",
+                        "fine-tuned on hard negatives), then 1000..1399 (a second hard-negative round), "
+                        "the slice filter 1000..1399 (then fine-tuned with the candidate gate on the same)",
             "phantom_count": 400,
             "kinds": "mixed: gated cardiac or non-gated chest, equal odds per seed",
             "split": {"method": split.get("method"), "train_patients": len(split.get("train", [])),
@@ -487,6 +489,17 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
                                  "validation": (unet_hardneg.get("metrics") or {}).get("val"),
                                  "train_seconds": epochs_time(unet_hardneg, "unet-hardneg"),
                                  "command": unet_hardneg.get("command")}} if unet_hardneg else {}),
+            **({"unet_hardneg2": {"config": "training/configs/default_hardneg2_unet.toml", "init_from": "unet-hardneg",
+                                  "epochs": len(unet_hardneg2.get("epochs", [])),
+                                  "validation": (unet_hardneg2.get("metrics") or {}).get("val"),
+                                  "train_seconds": epochs_time(unet_hardneg2, "unet-hardneg2"),
+                                  "command": unet_hardneg2.get("command")}} if unet_hardneg2 else {}),
+            **({"classifier_gated": {"config": "training/configs/default_gated_classifier.toml",
+                                     "init_from": "classifier", "candidate_gate": clf_gated.get("candidate_gate"),
+                                     "epochs": len(clf_gated.get("epochs", [])),
+                                     "validation_at_threshold": (clf_gated.get("metrics") or {}).get("val"),
+                                     "train_seconds": epochs_time(clf_gated, "classifier-gated"),
+                                     "command": clf_gated.get("command")}} if clf_gated else {}),
         },
         "deviations_from_paper": DEVIATIONS,
     }
@@ -503,11 +516,15 @@ DEVIATIONS = [
     "window, and one linear layer on every patch token with the slice logit = the maximum (patch_max), "
     "trained with the backbone on the per-patch calcium labels and the slice label (paper: [CLS] only, "
     "frozen backbone, per-slice min-max at 224²); the frozen paper protocol is measured in the ablation",
+    "slice filter fine-tuned 4 more epochs with the candidate gate (not in the paper): a patch can flag its "
+    "slice only when it holds a 2D calcium component the Agatston rule could count (>= 130 HU, >= 1 mm²); "
+    "slice logit = maximum over those patches, patch loss on them only (engine/inference/candidates.py)",
     "slice-filter operating threshold: highest with validation sensitivity >= 0.98 (paper: 0.5)",
     "U-Net: 16 initial filters, 192² patches, loss only on calcium candidates (>= 130 HU, the pixels "
     "scoring reads), Adam 1e-3 cosine for 3 epochs on 160 phantoms, then 5e-4 cosine for 2 more on 240 "
     "(init_from), then 1 epoch at 2e-4 with half the non-coronary patches centred on non-coronary calcium "
-    "(hard_negative_crop_p 0.5), fixed HU window [-300, 1200] (paper: 64 filters, whole 512² slices, all "
+    "(hard_negative_crop_p 0.5), then 1 epoch at 1.5e-4 on 400 phantoms with hard_negative_crop_p 0.7, "
+    "fixed HU window [-300, 1200] (paper: 64 filters, whole 512² slices, all "
     "pixels, Adam 1e-4, 100 epochs, per-slice min-max)",
     "training data: synthetic phantoms only (paper: COCA); the COCA samples are kept for evaluation",
     "weights stored as float16 in safetensors (loaded as float32); ONNX generated on first use",
@@ -521,7 +538,7 @@ def filter_probabilities_torch(weights_dir: Path, cases: list[HeldoutCase]) -> t
     from cacstream.engine.inference.runtime import CalciumModels
 
     m = CalciumModels.load(weights_dir, backend="torch", batch_size=16, threads=None)
-    return [m.filter_probabilities(c.hu) for c in cases], float(m.filter_threshold)
+    return [m.filter_probabilities(c.hu, c.geometry.pixel_spacing_mm) for c in cases], float(m.filter_threshold)
 
 
 def ablation(runs: Path, out: Path, cases: list[HeldoutCase], shipped: Path | None) -> dict[str, Any]:

@@ -224,6 +224,12 @@ def _onnx_part(
     }
 
 
+#: What ``slice_filter.candidate_gate`` in config.json tells a reader (engine/inference/candidates.py).
+GATE_MEANING = ("the engine flags a patch only when it also holds a 2D calcium component of at least "
+                "min_area_mm2 at threshold_hu (the Agatston lesion rule); the slice logit is the maximum over "
+                "those patches (column 0 of the output is the ungated maximum); the operating threshold was chosen with the gate")
+
+
 def export_weights(
     out_dir: Path,
     classifier_run: Path | None = None,
@@ -258,6 +264,7 @@ def export_weights(
             "preprocess": rec["preprocess"],
             "threshold": rec["metrics"]["threshold"],
             "threshold_rule": rec["metrics"]["threshold_rule"],
+            **({"candidate_gate": {**rec["candidate_gate"], "meaning": GATE_MEANING}} if rec.get("candidate_gate") else {}),
             "input": {
                 "name": "slices",
                 "shape": ["batch", 1, rec["preprocess"]["input_size"], rec["preprocess"]["input_size"]],

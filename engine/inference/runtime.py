@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from cacstream.engine.backends.base import Backend, BackendUnavailable, InferenceResult, array_family
 from cacstream.engine.backends.select import BackendChoice, auto_candidates, select_backend
+from cacstream.engine.inference.candidates import CandidateRule, candidate_patches, gated_slice_logits
 from cacstream.engine.inference.regions import (
     RegionConfig,
     TileGrid,
@@ -128,6 +129,8 @@ class CalciumModels:
     #: The tiling segmentation uses (None: whole slices) and the backend that runs its tiles.
     tile_grid: TileGrid | None = None
     tile_backend: Backend | None = None
+    #: The candidate gate in effect (``candidates.py``): None when the filter's patches are not gated.
+    candidate_rule: CandidateRule | None = None
 
     # ---------------------------------------------------------------------------------- loading
 
@@ -135,7 +138,8 @@ class CalciumModels:
     def load(cls, weights_dir: Path | str, backend: str = "auto", precision: str = "fp32", batch_size: int = 16,
              device: str | None = None, *, threads: int | None = None, engine_dir: Path | None = None,
              build_engines: bool = True, cuda_graphs: bool = True,
-             regions: RegionConfig | None = None) -> CalciumModels:
+             regions: RegionConfig | None = None, candidate_gate: bool | None = None,
+             candidate_rule: CandidateRule | None = None) -> CalciumModels:
         """Load both models of ``weights_dir`` on ``backend`` (auto: the fastest present, falling back
         in order when a model file for the precision is missing) at ``precision``.
 
@@ -144,10 +148,15 @@ class CalciumModels:
         folder (default :func:`engines.default_engine_dir`); build_engines: build missing or stale
         engines on load (False: refuse to run without fresh ones). regions: which parts of a flagged
         slice are segmented (default: the cores around flagged filter patches, ``regions.py``).
+        candidate_gate: gate the filter's patches by calcium candidates (``candidates.py``); None: as
+        the weights say (their threshold was chosen with or without it). candidate_rule: the lesion
+        rule of the scoring config (default: the one the weights were trained with), so the gate
+        never hides calcium the scorer would count.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         spec = read_weights_spec(Path(weights_dir))
+        gate = _gate_rule(spec, candidate_gate, candidate_rule)
         if backend == "auto":
             dev, candidates, skipped = auto_candidates(precision, device)
             if not candidates:
@@ -174,6 +183,7 @@ class CalciumModels:
                 last = e
                 continue
             models = cls(spec, filt, seg, choice, notes, regions or RegionConfig())
+            models.candidate_rule = gate
             models._set_up_tiles({"batch_size": batch_size, "threads": threads, "engine_dir": engine_dir,
                                   "build_engines": build_engines, "cuda_graphs": cuda_graphs,
                                   "strict": backend != "auto", "modules": modules})
@@ -209,7 +219,12 @@ class CalciumModels:
     @property
     def region_rule(self) -> str:
         """What a flagged slice's segmentation covers, in words (goes into every report)."""
-        return self.tile_grid.describe() if self.tile_grid is not None else "whole slice"
+        rule = self.tile_grid.describe() if self.tile_grid is not None else "whole slice"
+        if self.candidate_rule is not None:
+            c = self.candidate_rule
+            rule += (f"; filter patches gated by calcium candidates (>= {c.threshold_hu:g} HU, >= "
+                     f"{c.min_area_mm2:g} mm², {c.connectivity}-connected)")
+        return rule
 
     # ------------------------------------------------------------------------------- properties
 
@@ -274,16 +289,47 @@ class CalciumModels:
         """Run the role's backend on a preprocessed batch (chunked to the batch size inside)."""
         return self._backend(role).infer(model_input)
 
-    def probabilities(self, filter_logits: Any) -> np.ndarray:
-        """Slice-filter logits -> probability that the slice holds coronary calcium, (N,) float64."""
+    @property
+    def patch_grid(self) -> int | None:
+        """G of the filter's G×G patch logits (from its config.json ``output``), None without them."""
+        grid = self.spec.model("filter").config.get("output", {}).get("patch_grid")
+        return int(grid[0]) if grid else None
+
+    def candidate_patches(self, hu_slices: Any, pixel_spacing_mm: Any) -> np.ndarray | None:
+        """(N, G, G) bool: the filter patches that hold a calcium candidate, None when no gate is in
+        effect. ``pixel_spacing_mm``: one (row, column) pair or one per slice (required with a gate)."""
+        if self.candidate_rule is None:
+            return None
+        if pixel_spacing_mm is None:
+            raise ValueError("these weights gate the slice filter by calcium candidates, which needs the "
+                             "slices' pixel spacing (a lesion must reach 1 mm²); pass pixel_spacing_mm")
+        grid = self.patch_grid
+        assert grid is not None  # _gate_rule refuses a gate without patch logits
+        served = self.spec.model("filter").input_shape[-1]
+        if isinstance(hu_slices, (list, tuple)):  # slices of any sizes, each with its own spacing
+            spacing = np.asarray(pixel_spacing_mm, dtype=np.float64)
+            per = [spacing] * len(hu_slices) if spacing.shape == (2,) else list(spacing)
+            if len(per) != len(hu_slices):
+                raise ValueError(f"{len(per)} pixel spacings for {len(hu_slices)} slices")
+            return np.concatenate([candidate_patches(_host(h), sp, served, grid, self.candidate_rule)
+                                   for h, sp in zip(hu_slices, per)]) if hu_slices else np.zeros((0, grid, grid), bool)
+        return candidate_patches(_host(hu_slices), pixel_spacing_mm, served, grid, self.candidate_rule)
+
+    def probabilities(self, filter_logits: Any, candidates: np.ndarray | None = None) -> np.ndarray:
+        """Slice-filter logits -> probability that the slice holds coronary calcium, (N,) float64. With
+        ``candidates`` (the gate), the slice logit is the maximum over the candidate patches."""
         from cacstream.engine.backends.base import to_numpy_f32
 
-        return sigmoid(split_filter_logits(to_numpy_f32(filter_logits))[0])
+        slice_logits, patches = split_filter_logits(to_numpy_f32(filter_logits))
+        if candidates is not None and patches is not None:
+            return sigmoid(gated_slice_logits(patches, candidates))
+        return sigmoid(slice_logits)
 
-    def patch_flags(self, filter_logits: Any) -> np.ndarray | None:
-        """Slice-filter logits -> (N, G, G) bool: the patches that pass the operating threshold (None
-        for a filter without patch logits). A flagged slice always has a flagged patch: its slice logit
-        is the maximum of its patch logits; should rounding ever break that, its top patch is taken."""
+    def patch_flags(self, filter_logits: Any, candidates: np.ndarray | None = None) -> np.ndarray | None:
+        """Slice-filter logits -> (N, G, G) bool: the patches that pass the operating threshold (and hold
+        a candidate, under the gate); None for a filter without patch logits. A flagged slice always
+        has a flagged patch (its slice logit is the maximum of its patch logits); should rounding ever
+        break that, its top (candidate) patch is taken."""
         from cacstream.engine.backends.base import to_numpy_f32
 
         slice_logits, patches = split_filter_logits(to_numpy_f32(filter_logits))
@@ -291,6 +337,10 @@ class CalciumModels:
             return None
         thr = self.filter_threshold
         flags = sigmoid(patches) >= thr
+        if candidates is not None:
+            flags &= np.asarray(candidates, dtype=bool).reshape(flags.shape)
+            slice_logits = gated_slice_logits(patches, candidates)
+            patches = np.where(np.asarray(candidates, dtype=bool).reshape(patches.shape), patches, -np.inf)
         lost = (sigmoid(slice_logits) >= thr) & ~flags.any(axis=(1, 2))
         for i in np.nonzero(lost)[0]:
             flags[i].flat[int(np.argmax(patches[i]))] = True
@@ -342,18 +392,20 @@ class CalciumModels:
         res = self.infer(x, "filter")
         return to_numpy_f32(res.logits), res.elapsed_ms
 
-    def filter_probabilities(self, hu_slices: Any) -> np.ndarray:
-        """Probability (float64, (N,)) that each HU slice holds coronary calcium."""
-        return self.probabilities(self._filter_result(hu_slices)[0])
+    def filter_probabilities(self, hu_slices: Any, pixel_spacing_mm: Any = None) -> np.ndarray:
+        """Probability (float64, (N,)) that each HU slice holds coronary calcium (``pixel_spacing_mm``:
+        see :meth:`candidate_patches`; needed when the weights gate by candidates)."""
+        return self.filter_decisions(hu_slices, pixel_spacing_mm)[0]
 
-    def filter_decisions(self, hu_slices: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    def filter_decisions(self, hu_slices: Any, pixel_spacing_mm: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N,), flagged patches (N, G, G) or None) from one filter pass."""
+        cand = self.candidate_patches(hu_slices, pixel_spacing_mm)
         raw = self._filter_result(hu_slices)[0]
-        return self.probabilities(raw), self.patch_flags(raw)
+        return self.probabilities(raw, cand), self.patch_flags(raw, cand)
 
-    def filter_flags(self, hu_slices: Any) -> np.ndarray:
+    def filter_flags(self, hu_slices: Any, pixel_spacing_mm: Any = None) -> np.ndarray:
         """Slices to segment: probability >= the weights' operating threshold, (N,) bool."""
-        return self.filter_probabilities(hu_slices) >= self.filter_threshold
+        return self.filter_probabilities(hu_slices, pixel_spacing_mm) >= self.filter_threshold
 
     def segment(self, hu_slices: Any, regions: Any = None) -> np.ndarray:
         """uint8 artery labels (N, H, W) at the slices' native size (0 background, 1 LM .. 4 RCA).
@@ -389,6 +441,31 @@ class CalciumModels:
         self.segmenter_backend.close()
         if self.tile_backend is not None:
             self.tile_backend.close()
+
+
+def _host(hu: Any) -> np.ndarray:
+    """HU slices (host, torch or CuPy) as a host array, for the host-side candidate labelling."""
+    if isinstance(hu, np.ndarray):
+        return hu
+    if array_family(hu).startswith("torch"):
+        return hu.detach().cpu().numpy()
+    if isinstance(hu, (list, tuple)):
+        return np.stack([_host(h) for h in hu])
+    return hu.get() if hasattr(hu, "get") else np.asarray(hu)
+
+
+def _gate_rule(spec: WeightsSpec, gate: bool | None, rule: CandidateRule | None) -> CandidateRule | None:
+    """The candidate rule in effect: the weights' ``slice_filter.candidate_gate`` unless ``gate`` says
+    otherwise; ``rule`` (the scoring config's) replaces the recorded one."""
+    recorded = spec.model("filter").config.get("candidate_gate")
+    use = bool(recorded) if gate is None else gate
+    if not use:
+        return None
+    if not spec.model("filter").config.get("output", {}).get("patch_grid"):
+        raise WeightsFolderError(f"{spec.model('filter').where}: a candidate gate needs a filter with patch logits")
+    if rule is not None:
+        return rule
+    return CandidateRule.from_dict(recorded) if isinstance(recorded, dict) else CandidateRule()
 
 
 # ------------------------------------------------------------------------------- backend factory

@@ -42,17 +42,22 @@ class ModelStages:
     def filter_threshold(self) -> float:
         return float(self.runtime.filter_threshold)
 
-    def filter_probabilities(self, hu_slices: list[np.ndarray]) -> np.ndarray:
+    def filter_probabilities(self, hu_slices: list[np.ndarray],
+                             pixel_spacings: list[tuple[float, float]] | None = None) -> np.ndarray:
         """Probability that each slice holds coronary calcium, (N,) float."""
-        return self.filter(hu_slices)[0]
+        return self.filter(hu_slices, pixel_spacings)[0]
 
-    def filter(self, hu_slices: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """(probabilities (N,), each slice's flagged filter patches (G, G) bool or None) in one pass."""
+    def filter(self, hu_slices: list[np.ndarray], pixel_spacings: list[tuple[float, float]] | None = None,
+               ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """(probabilities (N,), each slice's flagged filter patches (G, G) bool or None) in one pass.
+        ``pixel_spacings``: each slice's (row, column) spacing, for weights that gate the filter by
+        calcium candidates (``inference/candidates.py``)."""
         out = np.zeros(len(hu_slices), dtype=np.float64)
         regions: list[np.ndarray | None] = [None] * len(hu_slices)
         for idx in _by_shape(hu_slices).values():
             stack = np.stack([hu_slices[i] for i in idx]).astype(np.float32, copy=False)
-            probs, flags = self.runtime.filter_decisions(stack)
+            spacing = None if pixel_spacings is None else [pixel_spacings[i] for i in idx]
+            probs, flags = self.runtime.filter_decisions(stack, spacing)
             out[idx] = np.asarray(probs, dtype=np.float64).reshape(-1)
             if flags is not None:
                 for j, i in enumerate(idx):
@@ -91,6 +96,9 @@ def load_models(config: ScoreConfig) -> ModelStages:
             "use --mode threshold") from None
     from cacstream.engine.inference.regions import RegionConfig
 
+    from cacstream.engine.inference.candidates import CandidateRule
+
     runtime = CalciumModels.load(weights, backend=config.backend, precision=config.precision,
-                                 batch_size=config.batch_size, regions=RegionConfig(mode=config.segment_regions))
+                                 batch_size=config.batch_size, regions=RegionConfig(mode=config.segment_regions),
+                                 candidate_rule=CandidateRule.from_agatston(config.agatston))
     return ModelStages(runtime)

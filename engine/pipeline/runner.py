@@ -31,7 +31,7 @@ import numpy as np
 from cacstream.engine.config import AgatstonConfig
 from cacstream.engine.pipeline.batching import MaxWaitBatcher
 from cacstream.engine.pipeline.models import ModelStages
-from cacstream.engine.pipeline.stages import SliceJob, SliceOutcome, decode_hu, score_slice
+from cacstream.engine.pipeline.stages import SliceJob, SliceOutcome, decode_hu, pixel_spacing, score_slice
 
 log = logging.getLogger("cacstream.pipeline")
 
@@ -195,6 +195,7 @@ class SlicePipeline:
             t0 = time.perf_counter()
             try:
                 hu = decode_hu(job.header)
+                pixel_spacing(job.header)  # no spacing, no lesion areas: fail here, before any model runs
             except Exception as exc:
                 self._fail(job, exc, {"decode": (time.perf_counter() - t0) * 1e3})
                 continue
@@ -213,7 +214,7 @@ class SlicePipeline:
                 continue
             t0 = time.perf_counter()
             try:
-                probs, regions = self.models.filter([it.hu for it in batch])
+                probs, regions = self.models.filter([it.hu for it in batch], [pixel_spacing(it.job.header) for it in batch])
             except Exception as exc:
                 for it in batch:
                     self._fail(it.job, exc, it.timings)

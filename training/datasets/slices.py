@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from cacstream.engine.inference.candidates import CandidateRule, candidate_patches
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.config import DataConfig
 from cacstream.training.datasets.cases import Case
@@ -120,12 +121,17 @@ class ClassifierSliceDataset(Dataset):
         crop_scale: tuple[float, float] = (0.6, 1.0),
         seed: int = 0,
         patch_grid: int = 0,
+        candidate_grid: int = 0,
+        candidate_rule: CandidateRule | None = None,
     ) -> None:
         self.cases, self.refs, self.preprocess = list(cases), list(refs), preprocess
         self.augment, self.crop_scale, self.seed, self.epoch = augment, crop_scale, seed, 0
-        if patch_grid and augment:
-            raise ValueError("patch targets are defined on whole slices: patch_grid needs augment = False")
+        if (patch_grid or candidate_grid) and augment:
+            raise ValueError("patch targets and candidates are defined on whole slices: they need augment = False")
+        if candidate_grid and candidate_rule is None:
+            raise ValueError("candidate_grid needs a candidate_rule")
         self.patch_grid = patch_grid
+        self.candidate_grid, self.candidate_rule = candidate_grid, candidate_rule
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -145,14 +151,27 @@ class ClassifierSliceDataset(Dataset):
         mask = torch.from_numpy(np.ascontiguousarray(lab > 0, dtype=np.float32))[None, None]
         return torch.nn.functional.adaptive_max_pool2d(mask, self.patch_grid).flatten()
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+    def candidates(self, case: Case, hu: np.ndarray) -> Tensor:
+        """(grid²,) 1.0 where the patch holds a calcium candidate (``engine/inference/candidates.py``:
+        a 2D component the Agatston rule could count), the serving engine's own computation."""
+        assert self.candidate_rule is not None
+        cand = candidate_patches(hu, case.pixel_spacing_mm, self.preprocess.input_size, self.candidate_grid,
+                                 self.candidate_rule)
+        return torch.from_numpy(cand.reshape(-1).astype(np.float32))
+
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        """(input, target) or, with patch targets or candidates, (input, target, patch targets,
+        candidates); a part that is not asked for is an empty tensor."""
         ref = self.refs[i]
         case = self.cases[ref.case]
         hu = _slice_hu(case, ref.z)
         if not self.augment:
             x = preprocess_slices(hu, self.preprocess)[0]
-            if self.patch_grid:
-                return x, torch.tensor(float(ref.calcified)), self.patch_targets(case, ref.z)
+            if self.patch_grid or self.candidate_grid:
+                none = torch.zeros(0)
+                return (x, torch.tensor(float(ref.calcified)),
+                        self.patch_targets(case, ref.z) if self.patch_grid else none,
+                        self.candidates(case, hu) if self.candidate_grid else none)
             return x, torch.tensor(float(ref.calcified))
         from cacstream.training.dino.augment import crop_resize, random_resized_crop_box
 

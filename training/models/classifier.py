@@ -141,15 +141,29 @@ class LinearHead(nn.Module):
         return self.linear(feats).squeeze(-1)
 
 
+#: Slice logit of a slice without any calcium candidate under the candidate gate (sigmoid: 0). Finite,
+#: so a loss that sees it stays finite; the engine uses -inf for the same decision.
+NO_CANDIDATE_LOGIT = -1e4
+
+
+def gated_max(patch_logits: Tensor, candidates: Tensor) -> Tensor:
+    """(B,) maximum of the (B, N) patch logits over the patches whose ``candidates`` entry is non-zero
+    (the candidate gate, engine/inference/candidates.py); NO_CANDIDATE_LOGIT for a slice with none."""
+    floor = torch.full_like(patch_logits, NO_CANDIDATE_LOGIT)
+    return torch.where(candidates > 0, patch_logits, floor).amax(dim=-1)
+
+
 class PatchMaxHead(LinearHead):
-    """The ``patch_max`` read-out: the linear layer on every patch token (B, N, D), max over N."""
+    """The ``patch_max`` read-out: the linear layer on every patch token (B, N, D), max over N (over
+    the candidate patches only, when ``candidates`` (B, N) are given)."""
 
     def patch_logits(self, tokens: Tensor) -> Tensor:
         """(B, N) per-patch logits: the training target is "this patch holds labelled calcium"."""
         return self.linear(tokens).squeeze(-1)
 
-    def forward(self, feats: Tensor) -> Tensor:
-        return self.patch_logits(feats).amax(dim=-1)
+    def forward(self, feats: Tensor, candidates: Tensor | None = None) -> Tensor:
+        logits = self.patch_logits(feats)
+        return logits.amax(dim=-1) if candidates is None else gated_max(logits, candidates)
 
 
 def make_head(spec: FeatureSpec, embed_dim: int) -> LinearHead:

@@ -1,0 +1,133 @@
+"""Calcium candidates: the slice-filter patches where Agatston scoring could count anything at all.
+
+A lesion is a connected group of pixels at or above 130 HU whose area reaches 1 mm² (the Agatston
+rule, ``AgatstonConfig``). So a filter patch that holds no pixel of such a 2D calcium component cannot
+contribute a single point to any score, whatever the filter or the U-Net say about it. The *candidate
+gate* uses that: a patch is flagged only when the filter's patch probability passes the threshold
+**and** the patch holds a candidate; a slice is flagged when one of its patches is. The gated slice
+logit is the maximum of the candidate patches' logits (a slice without a candidate is never flagged).
+
+Why (docs/models.md, "The candidate gate"): the ``patch_max`` filter spreads a lesion's evidence onto
+neighbouring soft-tissue patches and reacts to noise clusters; on the 40 held-out phantoms about half
+of its false-positive gated-CT slices were flagged only on patches with no candidate. The gate only
+withdraws patches that cannot hold a lesion pixel themselves (every lesion lies in a candidate
+component). What it can change: a lesion in a patch the filter did *not* flag, which an ungated
+filter segmented by luck because a candidate-free neighbour in the same segmentation core was flagged.
+So a filter is trained with the gate (its slice logit and patch loss see candidate patches only, and
+learns to flag the lesion's own patch), and weights trained so say it in ``config.json``
+(``slice_filter.candidate_gate``); their threshold was chosen with it.
+
+Patches are mapped to native pixels the way the segmentation regions paste labels back
+(``runtime.nearest_indices``): native pixel ``r`` lies in the patch of served pixel
+``nearest_indices(served, rows)[r]``. The components are labelled by the engine's Numba labeller
+(``scoring.ccl.label_slice``), one slice at a time (about 1 ms for 512²), on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cacstream.engine.scoring.ccl import label_slice, threshold_for
+
+
+@dataclass(frozen=True)
+class CandidateRule:
+    """What makes a calcium candidate: the Agatston lesion rule (the scoring config's, so the gate never
+    hides what the scorer would count).
+
+    Attributes:
+        threshold_hu: a pixel is calcium at or above this (130 HU standard).
+        min_area_mm2: a 2D component counts from this area on (1 mm² standard).
+        connectivity: 8 (default) or 4, as the scorer forms lesions.
+    """
+
+    threshold_hu: float = 130.0
+    min_area_mm2: float = 1.0
+    connectivity: int = 8
+
+    def __post_init__(self) -> None:
+        if self.connectivity not in (4, 8):
+            raise ValueError(f"candidate connectivity must be 4 or 8, got {self.connectivity}")
+        if not self.min_area_mm2 >= 0:
+            raise ValueError(f"candidate min_area_mm2 must be >= 0, got {self.min_area_mm2}")
+
+    @classmethod
+    def from_agatston(cls, config: Any) -> CandidateRule:
+        """The rule of an ``AgatstonConfig`` (the one the series will be scored with)."""
+        return cls(float(config.threshold_hu), float(config.min_area_mm2), int(config.connectivity))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold_hu": self.threshold_hu, "min_area_mm2": self.min_area_mm2,
+                "connectivity": self.connectivity}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CandidateRule:
+        return cls(float(d.get("threshold_hu", 130.0)), float(d.get("min_area_mm2", 1.0)),
+                   int(d.get("connectivity", 8)))
+
+
+def candidate_pixels(hu2d: np.ndarray, pixel_area_mm2: float, rule: CandidateRule) -> np.ndarray:
+    """(H, W) bool: pixels of the 2D calcium components whose area reaches ``rule.min_area_mm2``
+    (area = pixel count × pixel area in float64, exactly as the scorer decides)."""
+    hu = np.asarray(hu2d)
+    if hu.ndim != 2:
+        raise ValueError(f"expected one (H, W) slice, got shape {hu.shape}")
+    labels, n = label_slice(hu >= threshold_for(hu.dtype, rule.threshold_hu), rule.connectivity)
+    if n == 0:
+        return np.zeros(hu.shape, bool)
+    keep = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64) * float(pixel_area_mm2) >= rule.min_area_mm2
+    keep[0] = False
+    return keep[labels]
+
+
+def _patch_of_pixel(native: int, served: int, grid: int) -> np.ndarray:
+    """Patch index (0..grid-1) of each native pixel along one axis (the regions' paste-back map)."""
+    from cacstream.engine.inference.runtime import nearest_indices
+
+    return nearest_indices(served, native) * grid // served
+
+
+def pool_to_patches(mask: np.ndarray, served: int, grid: int) -> np.ndarray:
+    """(grid, grid) bool: patches that hold at least one True pixel of the native (H, W) ``mask``."""
+    h, w = mask.shape
+    rows, cols = _patch_of_pixel(h, served, grid), _patch_of_pixel(w, served, grid)
+    out = np.zeros((grid, grid), bool)
+    ys, xs = np.nonzero(mask)
+    out[rows[ys], cols[xs]] = True
+    return out
+
+
+def candidate_patches(hu: np.ndarray, pixel_spacing_mm: Sequence[float] | Sequence[Sequence[float]],
+                      served: int, grid: int, rule: CandidateRule) -> np.ndarray:
+    """(N, grid, grid) bool for HU slices (N, H, W) or (H, W): the filter patches that hold a candidate.
+
+    ``pixel_spacing_mm``: one (row, column) pair for every slice, or one pair per slice (a batch may mix
+    series). ``served``: the filter's input side (its patch grid covers the served slice)."""
+    stack = np.asarray(hu)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(f"expected HU slices (N, H, W), got shape {stack.shape}")
+    spacing = np.asarray(pixel_spacing_mm, dtype=np.float64)
+    if spacing.shape == (2,):
+        spacing = np.broadcast_to(spacing, (stack.shape[0], 2))
+    if spacing.shape != (stack.shape[0], 2) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ValueError(f"candidate gate: need a positive (row, column) pixel spacing per slice, got "
+                         f"{np.asarray(pixel_spacing_mm).tolist()} for {stack.shape[0]} slices")
+    out = np.zeros((stack.shape[0], grid, grid), bool)
+    for i in range(stack.shape[0]):
+        cand = candidate_pixels(stack[i], float(spacing[i, 0] * spacing[i, 1]), rule)
+        out[i] = pool_to_patches(cand, served, grid)
+    return out
+
+
+def gated_slice_logits(patch_logits: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """(N,) float64: the maximum patch logit over each slice's candidate patches; -inf without one
+    (its probability is 0: never flagged)."""
+    p = np.asarray(patch_logits, dtype=np.float64).reshape(candidates.shape[0], -1)
+    c = np.asarray(candidates, dtype=bool).reshape(p.shape)
+    return np.where(c, p, -np.inf).max(axis=1, initial=-np.inf)
