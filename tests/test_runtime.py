@@ -269,7 +269,7 @@ def _score_series(m: CalciumModels, hu: np.ndarray, geometry) -> tuple[np.ndarra
     engine's default regions), score with the labels."""
     from cacstream.engine.scoring.agatston import score_volume
 
-    p, patches = m.filter_decisions(hu)
+    p, patches = m.filter_decisions(hu, tuple(geometry.pixel_spacing_mm))
     flags = p >= m.filter_threshold
     labels = np.zeros(hu.shape, np.uint8)
     if flags.any():
