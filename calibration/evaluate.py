@@ -27,6 +27,7 @@ import csv
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,7 +71,8 @@ class PrecisionResult:
     agatston_per_artery: dict[str, float]
     risk: str
     seconds: float
-    excluded_lesions: int = 0  # lesions the skeletal check took out (their calcium is not in ``labels``)
+    excluded_lesions: int = 0  # lesions the claim rule / skeletal check took out (not in ``labels``)
+    excluded_by_reason: dict[str, int] = field(default_factory=dict)  # the same, per reason
 
 
 @dataclass
@@ -113,8 +115,8 @@ class Counts:
 def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -> PrecisionResult:
     """Filter → segment flagged slices (around their flagged patches, when the models tile) → Agatston,
     as the pipeline does (unflagged slices: no calcium). ``labels`` are what was scored: the calcium of
-    lesions the skeletal check excluded is taken out of them."""
-    from cacstream.engine.scoring.agatston import score_volume, split_skeletal
+    lesions the claim rule or the skeletal check excluded is taken out of them."""
+    from cacstream.engine.scoring.agatston import score_volume, scored_labels
 
     t0 = time.perf_counter()
     p, patches = models.filter_decisions(hu, geometry.pixel_spacing_mm)
@@ -125,7 +127,7 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
         labels[flags] = models.segment(hu[flags], None if patches is None else patches[flags])
     res = score_volume(hu, geometry, labels, agatston)
     if res.excluded_lesions:
-        labels, _ = split_skeletal(hu, geometry, labels, agatston)
+        labels = scored_labels(hu, geometry, labels, agatston)
     return PrecisionResult(
         p,
         flags,
@@ -135,6 +137,7 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
         res.risk_category,
         time.perf_counter() - t0,
         len(res.excluded_lesions),
+        dict(Counter(why for _, why in res.excluded_lesions)),
     )
 
 

@@ -4,6 +4,11 @@ peak HU, the share of its 2D calcium component the U-Net labelled, the volume of
 component, and the filter's highest patch probability over the patches it covers.
 
     python scripts/lesion-features-probe.py --weights engine/weights/default --n 40 --out lesions.json
+    python scripts/lesion-features-probe.py --first 6000 --n 40 --cache runs/dev-cache   # development set
+
+It runs the engine path as shipped: with the claim rule on, the partly claimed lesions it measures are
+already gone, so to see the rule's evidence again run it with the rule off (as the figures in
+docs/models.md were measured): add ``--no-claim-rule``.
 
 A lesion is "true" when it overlaps the phantom's coronary labels; the others all lie on bone, aortic
 or valve calcium. Components are measured with scipy.ndimage, independently of the engine.
@@ -19,13 +24,14 @@ import numpy as np
 import scipy.ndimage as ndi
 
 
-def lesions_of_case(models: object, case: object) -> list[dict[str, object]]:
+def lesions_of_case(models: object, case: object, claim_rule: bool = True) -> list[dict[str, object]]:
     from cacstream.calibration.evaluate import run_engine_path
     from cacstream.engine.config import AgatstonConfig
     from cacstream.engine.inference.regions import split_filter_logits
     from cacstream.engine.inference.runtime import sigmoid
 
-    res = run_engine_path(models, case.hu, case.geometry, AgatstonConfig())
+    cfg = AgatstonConfig() if claim_rule else AgatstonConfig(min_claimed_share=None)
+    res = run_engine_path(models, case.hu, case.geometry, cfg)
     _, patches = split_filter_logits(np.asarray(models._filter_result(case.hu)[0], np.float32))
     pp = sigmoid(patches) if patches is not None else None
     side = case.hu.shape[1] // (pp.shape[1] if pp is not None else 1)
@@ -58,18 +64,23 @@ def lesions_of_case(models: object, case: object) -> list[dict[str, object]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=Path("engine/weights/default"), help="weights folder")
-    ap.add_argument("--n", type=int, default=40, help="held-out phantoms (seeds 5000..)")
+    ap.add_argument("--n", type=int, default=40, help="phantoms, seeds FIRST..FIRST+n-1")
+    ap.add_argument("--first", type=int, default=5000, help="first seed: 5000 (default) is the held-out set; pick a "
+                    "range used by neither training (1000..1399) nor the held-out set, e.g. 6000, to design a rule "
+                    "before checking it on the held-out set")
     ap.add_argument("--cache", type=Path, default=Path("runs/heldout-cache"), help="held-out phantom cache")
     ap.add_argument("--out", type=Path, default=None, help="write every lesion's features here (JSON)")
+    ap.add_argument("--no-claim-rule", action="store_true",
+                    help="score without the claim rule (min_claimed_share None), to measure what it acts on")
     args = ap.parse_args()
 
     from cacstream.engine.inference.runtime import CalciumModels
-    from cacstream.training.evaluate_default import HELDOUT_FIRST, heldout_cases
+    from cacstream.training.evaluate_default import heldout_cases
 
     models = CalciumModels.load(args.weights, backend="onnxruntime")
     rows: list[dict[str, object]] = []
-    for case in heldout_cases(HELDOUT_FIRST, args.n, args.cache):
-        rows.extend(lesions_of_case(models, case))
+    for case in heldout_cases(args.first, args.n, args.cache):
+        rows.extend(lesions_of_case(models, case, claim_rule=not args.no_claim_rule))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     true = [r for r in rows if r["true"]]
@@ -82,6 +93,13 @@ def main() -> int:
         vals = [[r[key] for r in grp if r[key] is not None] for grp in (true, false)]
         cells = [" / ".join(f"{v:.3g}" for v in np.percentile(x, [5, 50, 95])) if x else "-" for x in vals]
         print(f"| {key} | {cells[0]} | {cells[1]} |")
+    print("\nshare of the lesion's calcium component the U-Net labelled (the claim rule, engine/scoring/claims.py):")
+    print("| lesions | n | share < 0.5 | share < 0.75 | share < 0.8 | share < 1 | smallest |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, grp in (("on coronary calcium", true), ("elsewhere", false)):
+        sh = np.array([r["share_of_component"] for r in grp])
+        cells = " | ".join(str(int((sh < t).sum())) for t in (0.5, 0.75, 0.8, 1.0))
+        print(f"| {name} | {len(sh)} | {cells} | {sh.min() if len(sh) else float('nan'):.2f} |")
     return 0
 
 

@@ -55,11 +55,20 @@ def reference(hu, labels, geo: Geometry, cfg: AgatstonConfig):
     if skeletal:  # the 3D calcium components (26-connected) and their volumes
         lab3, _ = ndimage.label(hu.astype(np.float64) >= cfg.threshold_hu, structure=np.ones((3, 3, 3)))
         vol3 = np.bincount(lab3.ravel()) * pixel_area * geo.slice_increment_mm
+    claim = labels is not None and cfg.min_claimed_share is not None
     for s in range(hu.shape[0]):
         h = hu[s].astype(np.float64)
         mask = h >= cfg.threshold_hu
         if labels is not None:
-            mask &= labels[s] > 0
+            claimed = labels[s] > 0
+            if claim:  # a calcium component labelled only in part (below the share) is not counted at all
+                comp, m = ndimage.label(mask, structure=struct)
+                for j in range(1, m + 1):
+                    sel = comp == j
+                    k = int((sel & claimed).sum())
+                    if 0 < k < cfg.min_claimed_share * int(sel.sum()):
+                        claimed = claimed & ~sel
+            mask &= claimed
         lab, n = ndimage.label(mask, structure=struct)
         found = []
         for i in range(1, n + 1):
@@ -223,6 +232,8 @@ def cases(draw):
         mass_calibration_mg_per_hu_cm3=draw(st.sampled_from([None, 0.743])),
         # the default, off, and limits these small volumes exceed (the rule acts only with labels)
         skeletal_component_mm3=draw(st.sampled_from([2000.0, None, 1.0, 5.0, 20.0])),
+        # the claim rule: the default, off, a majority, and "all of it"
+        min_claimed_share=draw(st.sampled_from([0.75, None, 0.5, 1.0])),
     )
     return hu, labels, geometry(hu.shape, spacing, thickness, increment), cfg
 
@@ -437,7 +448,7 @@ def test_coca_gated_patients_score_the_expected_totals(coca_root, patient, expec
     from cacstream.training.data.coca import load_gated_patient
 
     case = load_gated_patient(coca_root, patient)
-    res = agatston.score_volume(case.volume.hu, case.volume.geometry, case.labels)
+    res = agatston.score_volume(case.volume.hu, case.volume.geometry, case.labels, AgatstonConfig().for_reference_labels())
     assert abs(res.agatston_total - expected) <= 0.5
     assert sum(res.agatston_per_artery.values()) == pytest.approx(res.agatston_total, rel=1e-12)
     ref_lesions, ref_tot = reference(case.volume.hu, case.labels, case.volume.geometry, AgatstonConfig())

@@ -303,9 +303,11 @@ def reference_agatston(hu: np.ndarray, labels: np.ndarray, pixel_area: float, th
 
 
 def engine_agatston(case, labels: np.ndarray | None = None):
+    from cacstream.engine.config import AgatstonConfig
     from cacstream.engine.scoring.agatston import score_volume
 
-    return score_volume(case.volume.hu, case.volume.geometry, case.labels if labels is None else labels)
+    return score_volume(case.volume.hu, case.volume.geometry, case.labels if labels is None else labels,
+                        AgatstonConfig().for_reference_labels())
 
 
 def thickness_factor(case) -> float:

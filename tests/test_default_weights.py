@@ -6,8 +6,8 @@ phantoms they never saw through the real command, ``cacstream score --mode model
 
 * a calcified gated phantom (truth 101-400) gets a nonzero score near the truth;
 * a zero-calcium phantom full of bone, aortic-wall and valve calcium scores at most 5 % of what
-  threshold mode (every >= 130 HU lesion) finds in the same files; exactly 0 is the models issue's
-  target, which the v0 weights miss (a strict xfail records it);
+  threshold mode (every >= 130 HU lesion) finds in the same files, and with v1.2 and the claim rule it
+  scores exactly 0, the models issue's target;
 * no lesion the model counts touches that bone / aortic / valve calcium (``other_calcium`` of the
   phantom's truth), checked lesion by lesion through the engine's own model path.
 
@@ -125,10 +125,10 @@ def test_score_cli_with_default_weights(series, engines: Path, tmp_path: Path) -
     assert r_zero["agatston_total"] <= 0.05 * r_thr["agatston_total"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 acceptance not met by the default weights (v1.2: 7 U-Net epochs on a "
-                   "CPU): aortic / valve calcium of the zero-calcium phantom 9710 is partly labelled as an artery; "
-                   "strict, so the test reports when retrained weights meet it")
 def test_zero_calcium_phantom_scores_zero(series, engines: Path, tmp_path: Path) -> None:
+    """The zero-calcium phantom 9710 (bone, aortic and valve calcium, no coronary) scores 0. The v1.2
+    U-Net still labels part of its aortic / valve calcium as an artery; the claim rule
+    (engine/scoring/claims.py) is what excludes it (this was a strict xfail before the rule)."""
     root, _, _ = series
     r_zero = _score(root / "zero", tmp_path / "zero", engines, "model")
     assert r_zero["agatston_total"] == 0.0 and r_zero["lesions"] == []
@@ -137,7 +137,7 @@ def test_zero_calcium_phantom_scores_zero(series, engines: Path, tmp_path: Path)
 def test_model_lesions_never_touch_bone_or_aortic_calcium(series, engines: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Lesion by lesion through the engine's own model path. The v0 weights still label some aortic /
-    valve / rib calcium as an artery (see the strict xfail above), so the test bounds what they let
+    valve / rib calcium as an artery (see the held-out record below), so the test bounds what they let
     through against the non-coronary calcium in the image and fails if it gets worse; issue 4 wants 0."""
     from cacstream.calibration.evaluate import run_engine_path
     from cacstream.engine.config import AgatstonConfig
@@ -154,7 +154,22 @@ def test_model_lesions_never_touch_bone_or_aortic_calcium(series, engines: Path,
         ov = other_calcium_overlap(case.hu, res.labels, case.other_calcium, case.geometry, cfg)
         assert ov["model_total"] == pytest.approx(res.agatston_total, rel=1e-9, abs=1e-9)
         other = score_volume(case.hu, case.geometry, case.other_calcium.astype(np.uint8),
-                             AgatstonConfig(skeletal_component_mm3=None)).agatston_total
+                             AgatstonConfig().for_reference_labels()).agatston_total
         assert other > 0  # every test phantom holds bone, and the zero-calcium one aortic + valve calcium
         # v0 weights: what they let through stays under 5 % of that calcium; issue 4 wants 0
         assert ov["agatston_touching_other"] <= 0.05 * other, (case.seed, ov, other)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 acceptance not met by the shipped weights (v1.2, a 2-core CPU budget): "
+                   "held-out specificity 0.60 and risk-category accuracy 85 % against 0.90 / 90 %, 59 lesions on "
+                   "aortic / valve calcium against 0 (docs/models.md); strict, so it turns red the day retrained "
+                   "weights meet them")
+def test_shipped_weights_meet_the_held_out_acceptance() -> None:
+    """The held-out evaluation recorded in the weights' config.json (``evaluate_default heldout
+    --update-config``) against the issue's targets."""
+    cfg = json.loads((WEIGHTS / "config.json").read_text())
+    m = cfg["metrics"]["heldout_phantoms"]
+    f = m["slice_filter"]["all"]
+    assert f["sensitivity"] >= 0.95 and f["specificity"] >= 0.90
+    assert m["risk_accuracy"] >= 0.90
+    assert m["other_calcium"]["model_lesions_touching"] == 0

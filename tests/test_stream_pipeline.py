@@ -108,6 +108,7 @@ def test_model_path_batches_across_series_and_matches_reference_with_labels(thre
     runtime = models.runtime
     assert max(runtime.filter_batches) > 1
     assert sum(runtime.filter_batches) == sum(len(s.slices) for s in scan.series)
+    claims_seen = 0
     for series in scan.series:
         hu = read_volume(series).hu
         labels = fake_labels(hu)
@@ -118,9 +119,13 @@ def test_model_path_batches_across_series_and_matches_reference_with_labels(thre
                               model=models.info)
         assert got.scored.result.lesions == ref.lesions
         assert got.scored.result.agatston_per_artery == ref.agatston_per_artery
+        # the claim rule (per slice, as slices arrive) and the skeletal check exclude the same lesions
+        assert got.scored.result.excluded_lesions == ref.excluded_lesions
+        claims_seen += sum(why == "partial_claim" for _, why in ref.excluded_lesions)
         assert got.scored.slices_flagged == int(flags.sum())
         for i, lm in got.label_maps.items():
             assert set(np.unique(lm)) <= {0, 1, 2, 3, 4}
+    assert claims_seen > 0  # the fake segmenter leaves >= 640 HU unlabelled: bright calcium is split
 
 
 def test_backpressure_bounds_the_queues(three_series: Path) -> None:

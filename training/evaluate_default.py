@@ -212,7 +212,7 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
                 raise AssertionError(f"seed {case.seed}: lesion recount {ov['model_total']} != engine "
                                      f"{res.agatston_total}")
             other_present = score_volume(case.hu, case.geometry, case.other_calcium.astype(np.uint8),
-                                         replace(cfg, skeletal_component_mm3=None)).agatston_total  # all of it
+                                         cfg.for_reference_labels()).agatston_total  # all of it
             t = case.truth
             rows.append({
                 "seed": case.seed, "kind": case.kind, "slices": int(case.hu.shape[0]),
@@ -227,7 +227,8 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
                 "other_calcium_agatston_in_image": float(other_present),
                 "model_agatston_touching_other": ov["agatston_touching_other"],
                 "model_lesions_touching_other": ov["lesions_touching_other"],
-                "model_lesions_excluded_skeletal": res.excluded_lesions,
+                "model_lesions_excluded_skeletal": res.excluded_by_reason.get("skeletal", 0),
+                "model_lesions_excluded_claim": res.excluded_by_reason.get("partial_claim", 0),
                 "model_agatston_inside_other": ov["agatston_share_inside_other"],
                 "seconds": round(res.seconds, 3),
             })
@@ -257,6 +258,7 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
             "model_agatston_inside_total": float(sum(r["model_agatston_inside_other"] for r in rows)),
             "series_with_touching_lesion": sum(r["model_lesions_touching_other"] > 0 for r in rows),
             "model_lesions_excluded_skeletal": int(sum(r["model_lesions_excluded_skeletal"] for r in rows)),
+            "model_lesions_excluded_claim": int(sum(r["model_lesions_excluded_claim"] for r in rows)),
         },
         "seconds_per_series_median": float(np.median([r["seconds"] for r in rows])) if rows else None,
         "segment_regions": getattr(models, "region_rule", None),
@@ -276,7 +278,7 @@ def evaluate_coca(models: Any, root: Path) -> list[dict[str, Any]]:
     out = []
     for pid in coca.list_gated_patients(root):
         c = coca.load_gated_patient(root, pid)
-        ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, replace(cfg, skeletal_component_mm3=None))
+        ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, cfg.for_reference_labels())
         res = run_engine_path(models, c.volume.hu, c.volume.geometry, cfg)
         roi_slices = np.zeros(c.volume.hu.shape[0], bool)
         for les in ref.lesions:
@@ -411,6 +413,8 @@ def heldout_markdown(metrics: dict[str, Any], command: str) -> str:
         f"{oc['model_agatston_touching_total']:.2f} (pixels inside it: {oc['model_agatston_inside_total']:.2f}) |",
         f"| model lesions excluded by the skeletal check (not counted, listed in reports) | "
         f"{oc.get('model_lesions_excluded_skeletal', 0)} |",
+        f"| model lesions excluded by the claim rule (calcium the U-Net split; not counted, listed in reports) | "
+        f"{oc.get('model_lesions_excluded_claim', 0)} |",
         f"| median engine-path seconds per series | {metrics['seconds_per_series_median']:.1f} |",
     ]
     return "\n".join(lines)

@@ -56,17 +56,30 @@ def _agatston_scipy(
     hu: np.ndarray, labels: np.ndarray, pixel_area: float, factor: float, cfg: AgatstonConfig,
     voxel_mm3: float | None = None,
 ) -> float:
-    """Per slice: scipy.ndimage.label of (HU ≥ threshold & label > 0), area ≥ min, weight by peak HU; with
-    ``voxel_mm3`` and the skeletal check configured, the calcium of 3D components (scipy, 26-connected)
-    larger than ``cfg.skeletal_component_mm3`` is dropped first, as the engine does."""
+    """Per slice: scipy.ndimage.label of (HU ≥ threshold & label > 0), area ≥ min, weight by peak HU.
+    First, as the engine does: with the claim rule configured, the labels of 2D calcium components
+    claimed below ``cfg.min_claimed_share`` are dropped; then, with ``voxel_mm3`` and the skeletal check
+    configured, the calcium of 3D components (scipy, 26-connected) larger than
+    ``cfg.skeletal_component_mm3``."""
     from scipy import ndimage
 
+    structure = np.ones((3, 3), bool) if cfg.connectivity == 8 else None
+    if cfg.min_claimed_share is not None:  # the claim rule, per slice, before the skeletal check (as the engine)
+        labels = np.array(labels, copy=True)
+        for k in range(hu.shape[0]):
+            if not labels[k].any():
+                continue
+            comp, n = ndimage.label(hu[k] >= cfg.threshold_hu, structure=structure)
+            size = np.bincount(comp.ravel(), minlength=n + 1)
+            claimed = np.bincount(comp[labels[k] > 0], minlength=n + 1)
+            partial = (claimed > 0) & (claimed < cfg.min_claimed_share * size)
+            partial[0] = False
+            labels[k][partial[comp]] = 0
     if voxel_mm3 is not None and cfg.skeletal_component_mm3 is not None:
         lab3, _ = ndimage.label(hu >= cfg.threshold_hu, structure=np.ones((3, 3, 3), bool))
         big = np.bincount(lab3.ravel()) * voxel_mm3 > cfg.skeletal_component_mm3
         big[0] = False
         labels = np.where(big[lab3], 0, labels)
-    structure = np.ones((3, 3), bool) if cfg.connectivity == 8 else None
     t = cfg.weight_thresholds_hu
     total = 0.0
     for k in range(hu.shape[0]):

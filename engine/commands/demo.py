@@ -57,9 +57,12 @@ def _resolve_mode(args: argparse.Namespace):
         return ScoreConfig(mode="threshold"), None, None
     cfg = ScoreConfig(mode="model", weights_dir=args.weights, backend=args.backend,
                       segment_regions=args.segment_regions)
-    if getattr(args, "skeletal_component_mm3", None) is not None:  # bench stream's option
+    if getattr(args, "skeletal_component_mm3", None) is not None:  # bench stream's options
         cfg = dataclasses.replace(cfg, agatston=dataclasses.replace(
             cfg.agatston, skeletal_component_mm3=args.skeletal_component_mm3 or None))
+    if getattr(args, "min_claimed_share", None) is not None:
+        cfg = dataclasses.replace(cfg, agatston=dataclasses.replace(
+            cfg.agatston, min_claimed_share=args.min_claimed_share or None))
     try:
         return cfg, load_models(cfg), None
     except ModelsUnavailable as exc:

@@ -71,6 +71,7 @@ def finalize_series(
     label_maps: dict[int, np.ndarray] = {}
     stage_ms = dict.fromkeys(SLICE_STAGES, 0.0)
     flagged = 0
+    per_slice_excluded: list[tuple[Lesion, str]] = []  # by the claim rule, as each slice was scored
     for i, header in enumerate(series.slices):
         outcome = outcomes.get(header.key)
         if outcome is None:
@@ -82,6 +83,8 @@ def finalize_series(
         if outcome.flagged:
             flagged += 1
         lesions.extend(place_lesion(les, i, g.z_mm[i], g.slice_increment_mm) for les in outcome.lesions)
+        per_slice_excluded.extend((place_lesion(les, i, g.z_mm[i], g.slice_increment_mm), why)
+                                  for les, why in outcome.excluded)
         if outcome.label_map is not None:
             label_maps[i] = outcome.label_map
     excluded: list[Lesion] = []
@@ -94,7 +97,7 @@ def finalize_series(
             lesions, excluded = split_skeletal_lesions(lesions, comps, label_maps, g, agatston)  # type: ignore[arg-type]
     result = summarise(lesions, g, agatston)
     result.config["calcium_mask"] = "whole_slice" if mode == "threshold" else "labels>0"
-    result.excluded_lesions = [(les, SKELETAL_REASON) for les in excluded]
+    result.excluded_lesions = per_slice_excluded + [(les, SKELETAL_REASON) for les in excluded]
     timings = {k: v for k, v in stage_ms.items() if v > 0 or k in ("decode", "agatston")}
     timings.update(dict(timings_ms or {}))
     timings["summarise"] = (time.perf_counter() - t0) * 1e3

@@ -48,7 +48,8 @@ class SliceOutcome:
     8-connected calcium components (HU ≥ threshold) in the sparse form of
     :func:`~cacstream.engine.scoring.skeleton.slice_components` (8 bytes per calcium pixel), kept in model
     mode for the 3D skeletal check at completion: labelled here, in parallel as slices arrive, so that
-    completion only joins them.
+    completion only joins them. ``excluded``: lesions a per-slice model-mode rule took out (the claim
+    rule, engine/scoring/claims.py), each with its reason, for the report's ``excluded_lesions``.
     """
 
     job: SliceJob
@@ -59,6 +60,7 @@ class SliceOutcome:
     error: BaseException | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     calcium_components: tuple[np.ndarray, np.ndarray, int] | None = None
+    excluded: list[tuple[Lesion, str]] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -135,6 +137,14 @@ def score_slice(
     """The Agatston stage of one plane: lesions (+ their label map when ``with_mask``)."""
     t0 = time.perf_counter()
     timings = dict(timings_ms or {})
+    excluded: list[tuple[Lesion, str]] = []
+    if labels2d is not None and config.min_claimed_share is not None:
+        from cacstream.engine.scoring.claims import CLAIM_REASON, split_partial_claims
+
+        labels2d, partial = split_partial_claims(hu2d, labels2d, config.threshold_hu, config.connectivity,
+                                                 float(config.min_claimed_share))
+        if partial is not None:
+            excluded = [(les, CLAIM_REASON) for les in lesions_of_slice(hu2d, partial, job.header, config)]
     lesions = lesions_of_slice(hu2d, labels2d, job.header, config)
     skeletal_check = labels2d is not None and config.skeletal_component_mm3 is not None
     # the skeletal check at completion finds each lesion's pixels through its label map
@@ -148,7 +158,7 @@ def score_slice(
         comps = slice_components(hu >= threshold_for(hu.dtype, config.threshold_hu))  # exact, no float64 copy
     timings["agatston"] = timings.get("agatston", 0.0) + (time.perf_counter() - t0) * 1e3
     return SliceOutcome(job=job, lesions=lesions, label_map=label_map, flagged=flagged,
-                        probability=probability, timings_ms=timings, calcium_components=comps)
+                        probability=probability, timings_ms=timings, calcium_components=comps, excluded=excluded)
 
 
 def place_lesion(lesion: Lesion, slice_index: int, z_mm: float, voxel_depth_mm: float) -> Lesion:

@@ -23,6 +23,8 @@ from cacstream.engine.report.dicom_seg import ARTERY_RGB
 WINDOW_HU = (-300.0, 900.0)
 #: Each panel is scaled to this many pixels on its longer side (nearest neighbour: pixels stay visible).
 PANEL_PX = 384
+#: How the header names each reason of ``excluded_lesions`` (any other reason is shown as it is).
+EXCLUSION_WORDS = {"skeletal": "bone (skeletal check)", "partial_claim": "split calcium (claim rule)"}
 _BG = (16, 16, 16)
 _FG = (235, 235, 235)
 
@@ -102,9 +104,13 @@ def render_key_image(
     excluded = report.get("excluded_lesions") or []
     note = ""
     if excluded:  # not drawn (not counted), but the reader must know they were found and set aside
-        raw = sum(float(les["score"]) for les in excluded) * float(
-            (report.get("agatston_config") or {}).get("thickness_factor", 1.0))
-        note = f"    excluded as bone (skeletal check): {len(excluded)} lesions, Agatston {raw:.1f}, not counted"
+        factor_x = float((report.get("agatston_config") or {}).get("thickness_factor", 1.0))
+        parts = []
+        for reason in dict.fromkeys(str(les.get("reason")) for les in excluded):
+            group = [les for les in excluded if str(les.get("reason")) == reason]
+            raw = sum(float(les["score"]) for les in group) * factor_x
+            parts.append(f"{EXCLUSION_WORDS.get(reason, reason)}: {len(group)} lesions, Agatston {raw:.1f}")
+        note = "    excluded, not counted: " + "; ".join(parts)
     draw.text((pad, 48), f"series …{uid[-40:]}{note}", fill=(160, 160, 160), font=small)
     x = pad
     for i, img in panels:

@@ -42,6 +42,7 @@ from cacstream.engine.scoring.ccl import (
     volume_components,
     warmup,
 )
+from cacstream.engine.scoring.claims import CLAIM_REASON, split_partial_claims_volume
 from cacstream.engine.scoring.results import AgatstonResult, Lesion
 from cacstream.engine.scoring.skeleton import SKELETAL_REASON, large_component_masks
 from cacstream.engine.series.types import Geometry
@@ -50,7 +51,9 @@ __all__ = [
     "label_slice",
     "lesions_from_table",
     "score_volume",
+    "scored_labels",
     "slice_lesions",
+    "split_partial",
     "split_skeletal",
     "summarise",
     "thickness_factor",
@@ -216,28 +219,51 @@ def score_volume(
 ) -> AgatstonResult:
     """Score a whole series: HU (slices, rows, cols) + optional uint8 labels (0 bg, 1..4 arteries).
 
-    With labels and ``config.skeletal_component_mm3`` set, lesions in bone-sized 3D calcium components
-    are excluded (engine/scoring/skeleton.py) and returned in ``excluded_lesions``."""
-    excluded: list[Lesion] = []
-    if labels is not None and config.skeletal_component_mm3 is not None:
-        labels, dropped = split_skeletal(hu, geometry, labels, config)
-        if dropped is not None:
-            t = volume_table(hu, geometry, dropped, config)
-            excluded = lesions_from_table(t, geometry.pixel_area_mm2, geometry.z_mm,
-                                          float(geometry.slice_increment_mm), config)
+    With labels, the model-mode lesion rules of ``config`` run first, in this order: calcium components
+    the labels claim only in part (``min_claimed_share``, engine/scoring/claims.py), then lesions in
+    bone-sized 3D calcium components (``skeletal_component_mm3``, engine/scoring/skeleton.py). Their
+    lesions are excluded and returned in ``excluded_lesions`` with the reason. Reference labels (ROIs,
+    phantom truth) are scored with :meth:`AgatstonConfig.for_reference_labels`, which turns both off."""
+    excluded: list[tuple[Lesion, str]] = []
+    if labels is not None:
+        for reason, split in _MODEL_RULES:
+            labels, dropped = split(hu, geometry, labels, config)
+            if dropped is not None:
+                t = volume_table(hu, geometry, dropped, config)
+                excluded += [(les, reason) for les in lesions_from_table(
+                    t, geometry.pixel_area_mm2, geometry.z_mm, float(geometry.slice_increment_mm), config)]
     table = volume_table(hu, geometry, labels, config)
     lesions = lesions_from_table(table, geometry.pixel_area_mm2, geometry.z_mm,
                                  float(geometry.slice_increment_mm), config)
     result = summarise(lesions, geometry, config)
     result.config["calcium_mask"] = "whole_slice" if labels is None else "labels>0"
-    result.excluded_lesions = [(les, SKELETAL_REASON) for les in excluded]
+    result.excluded_lesions = excluded
     return result
+
+
+def scored_labels(hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig) -> np.ndarray:
+    """The labels :func:`score_volume` counts: ``labels`` without what the model-mode rules exclude."""
+    for _, split in _MODEL_RULES:
+        labels, _ = split(hu, geometry, labels, config)
+    return labels
+
+
+def split_partial(
+    hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels without the partly claimed calcium components, labels of only those or None)."""
+    if config.min_claimed_share is None:
+        return labels, None
+    return split_partial_claims_volume(hu, labels, config.threshold_hu, config.connectivity,
+                                       float(config.min_claimed_share))
 
 
 def split_skeletal(
     hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels without the skeletal calcium, labels of only the skeletal calcium or None when there is none)."""
+    if config.skeletal_component_mm3 is None:
+        return labels, None
     thr = threshold_for(np.asarray(hu).dtype, config.threshold_hu)  # the kernels' exact comparison, no copy
 
     def calcium(z: int) -> np.ndarray:
@@ -258,3 +284,8 @@ def split_skeletal(
         dropped[z] = np.where(big[z], kept[z], 0)
         kept[z][big[z]] = 0
     return kept, dropped
+
+
+#: The model-mode lesion rules, in the order they run (the stream runs the first per slice, the second
+#: at completion: the same order).
+_MODEL_RULES = ((CLAIM_REASON, split_partial), (SKELETAL_REASON, split_skeletal))

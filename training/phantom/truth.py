@@ -122,7 +122,7 @@ def score_truth(hu: np.ndarray, geometry: Geometry, labels: np.ndarray | None) -
     lesion counts: the skeletal check guards model labels, truth labels need none)."""
     from cacstream.engine.scoring.agatston import score_volume
 
-    return score_volume(hu, geometry, labels, AgatstonConfig(skeletal_component_mm3=None))
+    return score_volume(hu, geometry, labels, AgatstonConfig().for_reference_labels())
 
 
 def slice_flags(result: AgatstonResult, n_slices: int) -> list[bool]:
