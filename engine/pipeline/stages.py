@@ -138,24 +138,31 @@ def score_slice(
     t0 = time.perf_counter()
     timings = dict(timings_ms or {})
     excluded: list[tuple[Lesion, str]] = []
-    if labels2d is not None and config.min_claimed_share is not None:
+    skeletal_check = labels2d is not None and config.skeletal_component_mm3 is not None
+    claim_rule = labels2d is not None and config.min_claimed_share is not None
+    calcium: tuple[np.ndarray, int] | None = None  # the plane's 8-connected calcium components, labelled once
+    if skeletal_check or (claim_rule and config.connectivity == 8):
+        from cacstream.engine.scoring.ccl import label_slice, threshold_for
+
+        hu = np.asarray(hu2d)
+        calcium = label_slice(hu >= threshold_for(hu.dtype, config.threshold_hu), 8)  # exact, no float64 copy
+    if claim_rule and labels2d is not None and config.min_claimed_share is not None:  # (narrows the types)
         from cacstream.engine.scoring.claims import CLAIM_REASON, split_partial_claims
 
         labels2d, partial = split_partial_claims(hu2d, labels2d, config.threshold_hu, config.connectivity,
-                                                 float(config.min_claimed_share))
+                                                 float(config.min_claimed_share),
+                                                 components=calcium if config.connectivity == 8 else None)
         if partial is not None:
             excluded = [(les, CLAIM_REASON) for les in lesions_of_slice(hu2d, partial, job.header, config)]
     lesions = lesions_of_slice(hu2d, labels2d, job.header, config)
-    skeletal_check = labels2d is not None and config.skeletal_component_mm3 is not None
     # the skeletal check at completion finds each lesion's pixels through its label map
     label_map = lesion_label_map(hu2d, labels2d, lesions, job.header, config) if with_mask or skeletal_check else None
     comps = None
     if skeletal_check:
-        from cacstream.engine.scoring.ccl import threshold_for
-        from cacstream.engine.scoring.skeleton import slice_components
+        from cacstream.engine.scoring.skeleton import sparse_components
 
-        hu = np.asarray(hu2d)
-        comps = slice_components(hu >= threshold_for(hu.dtype, config.threshold_hu))  # exact, no float64 copy
+        assert calcium is not None
+        comps = sparse_components(*calcium)
     timings["agatston"] = timings.get("agatston", 0.0) + (time.perf_counter() - t0) * 1e3
     return SliceOutcome(job=job, lesions=lesions, label_map=label_map, flagged=flagged,
                         probability=probability, timings_ms=timings, calcium_components=comps, excluded=excluded)

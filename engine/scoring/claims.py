@@ -31,13 +31,16 @@ CLAIM_REASON = "partial_claim"
 
 
 def split_partial_claims(
-    hu2d: np.ndarray, labels2d: np.ndarray, threshold_hu: float, connectivity: int, min_share: float
+    hu2d: np.ndarray, labels2d: np.ndarray, threshold_hu: float, connectivity: int, min_share: float,
+    components: tuple[np.ndarray, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One slice → (labels without the partly claimed components, labels of only those, or None).
 
     A calcium component (HU ≥ ``threshold_hu``, ``connectivity``-connected) is *partly claimed* when
     some but fewer than ``min_share`` of its pixels carry an artery label; all of its labelled pixels
-    move to the second map. Labelled pixels below the threshold are left alone (they never score)."""
+    move to the second map. Labelled pixels below the threshold are left alone (they never score).
+    ``components``: the calcium's ``label_slice`` image and count when the caller has them already
+    (same threshold and connectivity), so the plane is labelled once."""
     labels = np.asarray(labels2d)
     if labels.shape != np.shape(hu2d):
         raise ValueError(f"labels {labels.shape} and HU {np.shape(hu2d)} differ in shape")
@@ -46,8 +49,10 @@ def split_partial_claims(
     claimed_px = labels > 0
     if not claimed_px.any():
         return labels2d, None
-    hu = np.asarray(hu2d)
-    comp, n = label_slice(hu >= threshold_for(hu.dtype, threshold_hu), connectivity)
+    if components is None:
+        hu = np.asarray(hu2d)
+        components = label_slice(hu >= threshold_for(hu.dtype, threshold_hu), connectivity)
+    comp, n = components
     if n == 0:
         return labels2d, None
     total = np.bincount(comp.ravel(), minlength=n + 1)

@@ -84,7 +84,11 @@ def slice_components(mask2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """The 8-connected components of one plane's calcium mask, sparse: (flat indices of the calcium
     pixels, int32, raster order; their component labels 1..n, int32; n). What the stream keeps per slice
     (8 bytes per calcium pixel) so that completion does not label every slice again."""
-    lab, n = label_slice(np.asarray(mask2d), 8)
+    return sparse_components(*label_slice(np.asarray(mask2d), 8))
+
+
+def sparse_components(lab: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`slice_components`' sparse form of an 8-connected label image already made (``label_slice``)."""
     flat = lab.ravel()
     idx = np.flatnonzero(flat).astype(np.int32)
     return idx, flat[idx].astype(np.int32), n
