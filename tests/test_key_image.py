@@ -73,3 +73,15 @@ def test_a_series_without_lesions_still_gets_an_image() -> None:
     rep["lesions"] = []
     png = render_key_image(rep, {}, {}, [])
     assert Image.open(io.BytesIO(png)).size[0] > 100
+
+
+def test_header_names_every_exclusion_reason_with_its_count_and_score() -> None:
+    from cacstream.engine.report.key_image import exclusion_note
+
+    report = {"agatston_config": {"thickness_factor": 2.0}, "excluded_lesions": [
+        {"score": 1.5, "reason": "partial_claim"}, {"score": 10.0, "reason": "skeletal"},
+        {"score": 2.0, "reason": "partial_claim"}]}
+    assert exclusion_note(report) == ("    excluded, not counted: split calcium (claim rule): 2 lesions, Agatston 7.0; "
+                                      "bone (skeletal check): 1 lesions, Agatston 20.0")
+    assert exclusion_note({"excluded_lesions": []}) == ""
+    assert "novel: 1 lesions" in exclusion_note({"excluded_lesions": [{"score": 1.0, "reason": "novel"}]})

@@ -61,6 +61,21 @@ def panel_rgb(hu: np.ndarray, label_map: np.ndarray | None) -> np.ndarray:
     return rgb
 
 
+def exclusion_note(report: dict[str, Any]) -> str:
+    """The header's line on lesions found but not counted, per reason (they are not drawn, but the reader
+    must know they were found and set aside): "" when there are none."""
+    excluded = report.get("excluded_lesions") or []
+    if not excluded:
+        return ""
+    factor = float((report.get("agatston_config") or {}).get("thickness_factor", 1.0))
+    parts = []
+    for reason in dict.fromkeys(str(les.get("reason")) for les in excluded):
+        group = [les for les in excluded if str(les.get("reason")) == reason]
+        raw = sum(float(les["score"]) for les in group) * factor
+        parts.append(f"{EXCLUSION_WORDS.get(reason, reason)}: {len(group)} lesions, Agatston {raw:.1f}")
+    return "    excluded, not counted: " + "; ".join(parts)
+
+
 def _z(report: dict[str, Any], index: int) -> float:
     for les in report.get("lesions", []):
         if int(les["slice_index"]) == index:
@@ -101,16 +116,7 @@ def render_key_image(
     per_artery = report.get("agatston_per_artery") or {}
     if report.get("mode") == "model":
         draw.text((pad, 30), "   ".join(f"{a} {per_artery.get(a, 0.0):.1f}" for a in ARTERIES), fill=_FG, font=font)
-    excluded = report.get("excluded_lesions") or []
-    note = ""
-    if excluded:  # not drawn (not counted), but the reader must know they were found and set aside
-        factor_x = float((report.get("agatston_config") or {}).get("thickness_factor", 1.0))
-        parts = []
-        for reason in dict.fromkeys(str(les.get("reason")) for les in excluded):
-            group = [les for les in excluded if str(les.get("reason")) == reason]
-            raw = sum(float(les["score"]) for les in group) * factor_x
-            parts.append(f"{EXCLUSION_WORDS.get(reason, reason)}: {len(group)} lesions, Agatston {raw:.1f}")
-        note = "    excluded, not counted: " + "; ".join(parts)
+    note = exclusion_note(report)
     draw.text((pad, 48), f"series …{uid[-40:]}{note}", fill=(160, 160, 160), font=small)
     x = pad
     for i, img in panels:
