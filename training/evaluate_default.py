@@ -262,6 +262,8 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
         },
         "seconds_per_series_median": float(np.median([r["seconds"] for r in rows])) if rows else None,
         "segment_regions": getattr(models, "region_rule", None),
+        # the model-mode lesion rules these figures were measured with (a report carries the same values)
+        "lesion_rules": {"min_claimed_share": cfg.min_claimed_share, "skeletal_component_mm3": cfg.skeletal_component_mm3},
     }
     return metrics, rows
 
