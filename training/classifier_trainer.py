@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cacstream.engine.inference.candidates import CandidateRule, candidate_patches
+from cacstream.engine.inference.candidates import CandidateRule
 from cacstream.kernels.config import PreprocessConfig
 from cacstream.training.checkpoint import (
     load_checkpoint,
@@ -218,12 +218,7 @@ def _probs(head: LinearHead, feats: Tensor, device: torch.device, candidates: Te
 
 def candidate_masks(dataset: ClassifierSliceDataset, rule: CandidateRule, grid: int) -> Tensor:
     """(N, grid²) candidate patches of every slice of ``dataset`` (the gate the engine applies)."""
-    rows = []
-    for ref in dataset.refs:
-        case = dataset.cases[ref.case]
-        cand = candidate_patches(np.asarray(case.hu[ref.z], np.float32), case.pixel_spacing_mm,
-                                 dataset.preprocess.input_size, grid, rule)
-        rows.append(torch.from_numpy(cand.reshape(-1).astype(np.float32)))
+    rows = [dataset.candidates_of(i, grid, rule) for i in range(len(dataset.refs))]
     return torch.stack(rows) if rows else torch.zeros(0, grid * grid)
 
 

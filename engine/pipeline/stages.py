@@ -146,7 +146,7 @@ def score_slice(
 
         hu = np.asarray(hu2d)
         calcium = label_slice(hu >= threshold_for(hu.dtype, config.threshold_hu), 8)  # exact, no float64 copy
-    if claim_rule and labels2d is not None and config.min_claimed_share is not None:  # (narrows the types)
+    if labels2d is not None and config.min_claimed_share is not None:  # the claim rule
         from cacstream.engine.scoring.claims import CLAIM_REASON, split_partial_claims
 
         labels2d, partial = split_partial_claims(hu2d, labels2d, config.threshold_hu, config.connectivity,

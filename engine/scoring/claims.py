@@ -4,7 +4,8 @@ Why: a coronary calcification is a deposit in the wall of a 2-5 mm artery; in a 
 connected calcium component (HU ≥ 130), and a segmenter that recognises it labels all of it. When the
 U-Net labels only part of a component, it has drawn the artery's edge *through* one piece of calcium:
 the rest of that piece is aortic wall, valve annulus or bone the network saw as not coronary, and the
-labelled part is the same calcium. Measured (``python scripts/lesion-features-probe.py --first 6000``,
+labelled part is the same calcium. Measured (``python scripts/lesion-features-probe.py --first 6000
+--no-claim-rule``,
 40 development phantoms that neither training nor the held-out set uses, shipped v1.2 weights): every
 one of 329 lesions on true coronary calcium had at least 81 % of its component labelled (325 of them
 100 %), while 33 of the 124 lesions on other calcium had less than 80 %. Excluding lesions whose
@@ -23,7 +24,6 @@ threshold in the HU array's own dtype, the scoring connectivity, the engine's Nu
 from __future__ import annotations
 
 import numpy as np
-
 from cacstream.engine.scoring.ccl import label_slice, threshold_for
 
 #: Why a lesion was excluded, in the report.

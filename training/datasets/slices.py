@@ -151,13 +151,21 @@ class ClassifierSliceDataset(Dataset):
         mask = torch.from_numpy(np.ascontiguousarray(lab > 0, dtype=np.float32))[None, None]
         return torch.nn.functional.adaptive_max_pool2d(mask, self.patch_grid).flatten()
 
-    def candidates(self, case: Case, hu: np.ndarray) -> Tensor:
+    def candidates(self, case: Case, hu: np.ndarray, grid: int = 0, rule: CandidateRule | None = None) -> Tensor:
         """(grid²,) 1.0 where the patch holds a calcium candidate (``engine/inference/candidates.py``:
-        a 2D component the Agatston rule could count), the serving engine's own computation."""
-        assert self.candidate_rule is not None
-        cand = candidate_patches(hu, case.pixel_spacing_mm, self.preprocess.input_size, self.candidate_grid,
-                                 self.candidate_rule)
+        a 2D component the Agatston rule could count), the serving engine's own computation. ``grid`` /
+        ``rule``: this dataset's own unless given (evaluation sets gate without returning candidates)."""
+        rule = rule or self.candidate_rule
+        assert rule is not None
+        cand = candidate_patches(hu, case.pixel_spacing_mm, self.preprocess.input_size,
+                                 grid or self.candidate_grid, rule)
         return torch.from_numpy(cand.reshape(-1).astype(np.float32))
+
+    def candidates_of(self, i: int, grid: int, rule: CandidateRule) -> Tensor:
+        """:meth:`candidates` of slice ``i`` (unaugmented, as served)."""
+        ref = self.refs[i]
+        case = self.cases[ref.case]
+        return self.candidates(case, _slice_hu(case, ref.z), grid, rule)
 
     def __getitem__(self, i: int) -> tuple[Tensor, ...]:
         """(input, target) or, with patch targets or candidates, (input, target, patch targets,
