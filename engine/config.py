@@ -106,5 +106,6 @@ class ScoreConfig:
     batch_size: int = 16
     decode_threads: int = 0  # 0 = one per core
     #: What the segmenter sees of a flagged slice: "patches" (the cores around the slice filter's
-    #: flagged patches, engine/inference/regions.py) or "slice" (the whole slice, as in the paper).
-    segment_regions: Literal["patches", "slice"] = "patches"
+    #: flagged patches, engine/inference/regions.py), "components" (those and the cores their calcium
+    #: components reach) or "slice" (the whole slice, as in the paper).
+    segment_regions: Literal["patches", "components", "slice"] = "patches"

@@ -12,8 +12,11 @@ from cacstream.engine.inference.candidates import (
     CandidateRule,
     candidate_patches,
     candidate_pixels,
+    candidate_reach,
+    complete_components,
     gated_slice_logits,
     pool_to_patches,
+    reach_diagonal,
 )
 
 RULE = CandidateRule()
@@ -93,6 +96,59 @@ def test_spacing_per_slice_and_errors() -> None:
         CandidateRule(connectivity=6)
 
 
+def reference_reach(hu: np.ndarray, pixel_area: float, served: int, grid: int, rule: CandidateRule) -> np.ndarray:
+    """(G², G²) from scipy's components and the pixel-by-pixel patch map."""
+    structure = np.ones((3, 3)) if rule.connectivity == 8 else None
+    lab, n = ndi.label(hu >= rule.threshold_hu, structure=structure)
+    out = np.zeros((grid * grid, grid * grid), bool)
+    for k in range(1, n + 1):
+        comp = lab == k
+        if comp.sum() * pixel_area >= rule.min_area_mm2:
+            spans = reference_patches(comp, served, grid).ravel()
+            out |= np.outer(spans, spans)
+    return out
+
+
+def test_reach_of_hand_drawn_components() -> None:
+    """64² slice, 4×4 patches of 16 px: one lesion across the border of patches 0 and 1, one inside
+    patch 10, a 2-pixel speck across the border of patches 5 and 6 (below 1 mm² at 0.25 mm²)."""
+    hu = np.zeros((64, 64), np.float32)
+    hu[4:8, 12:20] = 300  # patches (0, 0) and (0, 1)
+    hu[40:44, 36:40] = 300  # patch (2, 2) = 10
+    hu[20, 31:33] = 300  # 2 px = 0.5 mm²: not a candidate
+    reach = candidate_reach(hu, (0.5, 0.5), 64, 4, RULE)[0]
+    want = np.zeros((16, 16), bool)
+    want[np.ix_([0, 1], [0, 1])] = True
+    want[10, 10] = True
+    np.testing.assert_array_equal(reach, want)
+    np.testing.assert_array_equal(reach_diagonal(reach[None])[0], candidate_patches(hu, (0.5, 0.5), 64, 4, RULE)[0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reach_matches_scipy_on_noise(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    hu = rng.normal(40, 70, (2, 96, 80)).astype(np.float32)
+    hu[0, 30:34, 10:70] = 500  # a long plaque through five patch columns
+    got = candidate_reach(hu, (0.6, 0.5), 64, 4, RULE)
+    for i in range(2):
+        np.testing.assert_array_equal(got[i], reference_reach(hu[i], 0.3, 64, 4, RULE))
+    np.testing.assert_array_equal(reach_diagonal(got), candidate_patches(hu, (0.6, 0.5), 64, 4, RULE))
+
+
+def test_complete_components_grows_one_step() -> None:
+    """Component A spans patches 0, 1; component B spans 1, 2; C lies in 3. Flagging 0 adds 1 (A) but
+    not 2: B only touches a patch that was added, and no flagged patch holds any of it."""
+    reach = np.zeros((1, 4, 4), bool)
+    for spans in ([0, 1], [1, 2], [3]):
+        reach[0][np.ix_(spans, spans)] = True
+    flags = np.array([[[True, False], [False, False]]])
+    np.testing.assert_array_equal(complete_components(flags, reach), [[[True, True], [False, False]]])
+    flags = np.array([[[False, True], [False, False]]])  # patch 1 holds pieces of A and B
+    np.testing.assert_array_equal(complete_components(flags, reach), [[[True, True], [True, False]]])
+    none = np.zeros((1, 2, 2), bool)
+    assert not complete_components(none, reach).any()
+
+
 def test_gated_slice_logits() -> None:
     patches = np.array([[[3.0, -1.0], [0.5, 2.0]], [[1.0, 1.0], [1.0, 1.0]]])
     cand = np.array([[[False, True], [True, False]], [[False, False], [False, False]]])
@@ -120,6 +176,17 @@ def gated_and_plain(tmp_path_factory: pytest.TempPathFactory):
     regions = RegionConfig(mode="patches", core_patches=1, halo_px=8)
     load = dict(backend="onnxruntime", batch_size=4, threads=1, regions=regions)
     return (CalciumModels.load(weights, candidate_gate=True, **load), CalciumModels.load(weights, **load), weights)
+
+
+@pytest.fixture(scope="module")
+def gated_completing(gated_and_plain):
+    """The gated models with region mode ``components`` (regions grow to whole components)."""
+    from cacstream.engine.inference.regions import RegionConfig
+    from cacstream.engine.inference.runtime import CalciumModels
+
+    weights = gated_and_plain[2]
+    return CalciumModels.load(weights, backend="onnxruntime", batch_size=4, threads=1, candidate_gate=True,
+                              regions=RegionConfig(mode="components", core_patches=1, halo_px=8))
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +225,58 @@ def test_gated_decisions_are_the_rule_applied_to_the_served_logits(gated_and_pla
     p0, flags0 = plain.filter_decisions(hu)
     assert np.all(p <= p0 + 1e-12) and not np.any(flags & ~flags0)
     assert "gated by calcium candidates (>= 130 HU, >= 1 mm²" in gated.info.segment_regions
+
+
+def test_regions_grow_to_the_whole_components_of_flagged_patches(gated_and_plain, gated_completing,
+                                                                 calcified_hu) -> None:
+    """Mode ``components``: the decisions are mode ``patches``' and the regions are those flags plus every
+    patch of a (scipy-labelled) candidate component with a pixel in a flagged patch. The filter's
+    logits are drawn at random (the tiny filter flags all or nothing), so flags fall on both sides."""
+    cores, _, _ = gated_and_plain
+    hu, spacing = calcified_hu
+    hu = hu.copy()
+    half = hu.shape[2] // 2
+    hu[::2, 6:9, half - 8:half + 8] = 450.0  # plaques across the patch border in every other slice
+    g = gated_completing.patch_grid
+    raw = np.random.default_rng(3).normal(-2.5, 2.0, (len(hu), 1 + g * g)).astype(np.float32)
+    p0, flags0 = cores.decide(raw, hu, spacing)
+    p, regions = gated_completing.decide(raw, hu, spacing)
+    assert gated_completing.completes_components and not cores.completes_components
+    np.testing.assert_array_equal(p, p0)
+    grew = 0
+    for i in range(len(hu)):
+        want = flags0[i].copy()
+        lab, n = ndi.label(hu[i] >= 130.0, structure=np.ones((3, 3)))
+        for k in range(1, n + 1):
+            comp = lab == k
+            if comp.sum() * spacing[0] * spacing[1] >= 1.0:
+                spans = reference_patches(comp, hu.shape[1], g)
+                if (spans & flags0[i]).any():
+                    want |= spans
+        np.testing.assert_array_equal(regions[i], want)
+        grew += int((want & ~flags0[i]).sum())
+    assert grew > 0 and flags0.any() and not flags0.all()
+
+
+def test_a_plaque_across_a_core_border_is_segmented_whole(gated_and_plain, gated_completing) -> None:
+    """A plaque from patch (0, 0) into (0, 1), the filter flagging (0, 0) only: mode ``patches`` segments
+    the first core alone, mode ``components`` both; a calcium speck alone in (1, 1) is left out by both."""
+    from _tiny_weights import MATRIX
+
+    cores, _, _ = gated_and_plain
+    hu = np.full((1, MATRIX, MATRIX), 40.0, np.float32)
+    half = MATRIX // 2
+    hu[0, 10:14, half - 6:half + 6] = 400.0
+    hu[0, half + 10:half + 14, half + 10:half + 14] = 400.0
+    raw = np.full((1, 5), -8.0, np.float32)
+    raw[0, 1] = 8.0  # patch (0, 0)
+    spacing = (0.7, 0.7)
+    _, flags = cores.decide(raw, hu, spacing)
+    _, regions = gated_completing.decide(raw, hu, spacing)
+    np.testing.assert_array_equal(flags[0], [[True, False], [False, False]])
+    np.testing.assert_array_equal(regions[0], [[True, True], [False, False]])
+    labels = gated_completing.segment(hu, regions)
+    assert not labels[0, half:, :].any()  # nothing below the segmented cores
 
 
 def test_pipeline_stages_pass_each_slices_spacing(gated_and_plain, calcified_hu) -> None:

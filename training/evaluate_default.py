@@ -653,9 +653,10 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--cache", type=Path, default=Path("runs/heldout-cache"), help="held-out phantom cache.")
     h.add_argument("--coca", type=Path, default=None, help="COCA sample root (default: ../shared/data/coca-sample).")
     h.add_argument("--backend", default="auto", help="engine backend (auto = ONNX Runtime on a CPU).")
-    h.add_argument("--segment-regions", choices=("patches", "slice"), default="patches",
-                   help="what the U-Net sees of a flagged slice: the cores around the filter's flagged patches "
-                        "(the engine's default) or the whole slice (the paper; for comparison).")
+    h.add_argument("--segment-regions", choices=("patches", "components", "slice"), default="patches",
+                   help="what the U-Net sees of a flagged slice: patches (the engine's default): the cores "
+                        "around the filter's flagged patches; components: those and the cores their calcium "
+                        "components reach; slice: the whole slice (the paper). The last two for comparison.")
     h.add_argument("--update-config", action="store_true", help="write the metrics into WEIGHTS/config.json.")
     h.add_argument("--quiet", action="store_true", help="no progress bar.")
     a = sub.add_parser("ablation", help="paper Table 6: linear filters on GLC 0 vs GLC 4 backbones.")

@@ -86,9 +86,7 @@ def stage_profile(series_dir: Path, models: Any, agatston: Any, out_dir: Path) -
     st.ms["preprocess"] = _ms(t0)
     t0 = time.perf_counter()
     raw = models.infer(xf, "filter").logits
-    cand = models.candidate_patches(hu, series.geometry.pixel_spacing_mm)  # the candidate gate, if the weights use it
-    p = models.probabilities(raw, cand)
-    patches = models.patch_flags(raw, cand)
+    p, patches = models.decide(raw, hu, series.geometry.pixel_spacing_mm)  # candidate gate + regions, as the engine
     flags = p >= models.filter_threshold
     st.ms["filter"] = _ms(t0)
     st.flagged = int(flags.sum())

@@ -52,11 +52,13 @@ def add_mode_options(parser: argparse.ArgumentParser) -> None:
 def add_segment_regions_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--segment-regions",
-        choices=("patches", "slice"),
+        choices=("patches", "components", "slice"),
         default="patches",
         help="what the U-Net sees of a flagged slice. patches (recommended): only 160² tiles around the "
-        "slice filter's flagged patches (~0.4 of the work, far fewer bone/aortic false positives); slice: "
-        "the whole slice, as in the DINO-LG paper. Weights without patch logits always use slice.",
+        "slice filter's flagged patches (~0.4 of the work, far fewer bone/aortic false positives); "
+        "components: also the tiles the calcium components of flagged patches reach, so no lesion is cut "
+        "at a tile border (~2x the tiles; scored no better on development phantoms, docs/models.md); "
+        "slice: the whole slice, as in the DINO-LG paper. Weights without patch logits always use slice.",
     )
 
 

@@ -21,6 +21,11 @@ Patches are mapped to native pixels the way the segmentation regions paste label
 (``runtime.nearest_indices``): native pixel ``r`` lies in the patch of served pixel
 ``nearest_indices(served, rows)[r]``. The components are labelled by the engine's Numba labeller
 (``scoring.ccl.label_slice``), one slice at a time (about 1 ms for 512²), on the host.
+
+The same labelling says which patches *one component* spans (:func:`candidate_reach`). The
+segmentation regions use it so that a flagged lesion is segmented whole: a calcium component that
+crosses from a flagged patch into patches the filter did not flag takes those patches along
+(``regions.py``, mode ``components``), instead of being cut at the border of a segmented core.
 """
 
 from __future__ import annotations
@@ -70,17 +75,25 @@ class CandidateRule:
                    int(d.get("connectivity", 8)))
 
 
-def candidate_pixels(hu2d: np.ndarray, pixel_area_mm2: float, rule: CandidateRule) -> np.ndarray:
-    """(H, W) bool: pixels of the 2D calcium components whose area reaches ``rule.min_area_mm2``
-    (area = pixel count × pixel area in float64, exactly as the scorer decides)."""
+def _candidate_components(hu2d: np.ndarray, pixel_area_mm2: float, rule: CandidateRule) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (H, W) int32, keep (n + 1,) bool): the slice's 2D calcium components and which of them
+    reach ``rule.min_area_mm2`` (area = pixel count × pixel area in float64, as the scorer decides)."""
     hu = np.asarray(hu2d)
     if hu.ndim != 2:
         raise ValueError(f"expected one (H, W) slice, got shape {hu.shape}")
     labels, n = label_slice(hu >= threshold_for(hu.dtype, rule.threshold_hu), rule.connectivity)
     if n == 0:
-        return np.zeros(hu.shape, bool)
+        return labels, np.zeros(1, bool)
     keep = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64) * float(pixel_area_mm2) >= rule.min_area_mm2
     keep[0] = False
+    return labels, keep
+
+
+def candidate_pixels(hu2d: np.ndarray, pixel_area_mm2: float, rule: CandidateRule) -> np.ndarray:
+    """(H, W) bool: pixels of the 2D calcium components whose area reaches ``rule.min_area_mm2``."""
+    labels, keep = _candidate_components(hu2d, pixel_area_mm2, rule)
+    if not keep.any():
+        return np.zeros(np.asarray(hu2d).shape, bool)
     return keep[labels]
 
 
@@ -101,28 +114,81 @@ def pool_to_patches(mask: np.ndarray, served: int, grid: int) -> np.ndarray:
     return out
 
 
-def candidate_patches(hu: np.ndarray, pixel_spacing_mm: Sequence[float] | Sequence[Sequence[float]],
-                      served: int, grid: int, rule: CandidateRule) -> np.ndarray:
-    """(N, grid, grid) bool for HU slices (N, H, W) or (H, W): the filter patches that hold a candidate.
-
-    ``pixel_spacing_mm``: one (row, column) pair for every slice, or one pair per slice (a batch may mix
-    series). ``served``: the filter's input side (its patch grid covers the served slice)."""
-    stack = np.asarray(hu)
-    if stack.ndim == 2:
-        stack = stack[None]
-    if stack.ndim != 3:
-        raise ValueError(f"expected HU slices (N, H, W), got shape {stack.shape}")
+def _per_slice_spacing(stack: np.ndarray, pixel_spacing_mm: Any) -> np.ndarray:
+    """(N, 2) float64 spacing for N slices from one pair or one pair per slice (validated)."""
     spacing = np.asarray(pixel_spacing_mm, dtype=np.float64)
     if spacing.shape == (2,):
         spacing = np.broadcast_to(spacing, (stack.shape[0], 2))
     if spacing.shape != (stack.shape[0], 2) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise ValueError(f"candidate gate: need a positive (row, column) pixel spacing per slice, got "
                          f"{np.asarray(pixel_spacing_mm).tolist()} for {stack.shape[0]} slices")
+    return spacing
+
+
+def _as_slices(hu: np.ndarray) -> np.ndarray:
+    stack = np.asarray(hu)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(f"expected HU slices (N, H, W), got shape {stack.shape}")
+    return stack
+
+
+def candidate_reach(hu: np.ndarray, pixel_spacing_mm: Sequence[float] | Sequence[Sequence[float]],
+                    served: int, grid: int, rule: CandidateRule) -> np.ndarray:
+    """(N, G², G²) bool for HU slices (N, H, W) or (H, W): ``reach[i, p, q]`` is True when one candidate
+    component of slice ``i`` has pixels in both patch ``p`` and patch ``q`` (row-major patch indices).
+
+    The diagonal is :func:`candidate_patches` (a patch reaches itself when it holds a candidate).
+    ``pixel_spacing_mm`` and ``served`` as for :func:`candidate_patches`."""
+    stack = _as_slices(hu)
+    spacing = _per_slice_spacing(stack, pixel_spacing_mm)
+    g2 = grid * grid
+    out = np.zeros((stack.shape[0], g2, g2), bool)
+    h, w = stack.shape[1:]
+    rows, cols = _patch_of_pixel(h, served, grid), _patch_of_pixel(w, served, grid)
+    for i in range(stack.shape[0]):
+        labels, keep = _candidate_components(stack[i], float(spacing[i, 0] * spacing[i, 1]), rule)
+        if not keep.any():
+            continue
+        ys, xs = np.nonzero(keep[labels])
+        incidence = np.zeros((keep.size, g2), bool)  # component × patch
+        incidence[labels[ys, xs], rows[ys] * grid + cols[xs]] = True
+        incidence = incidence[keep].astype(np.int32)
+        out[i] = (incidence.T @ incidence) > 0
+    return out
+
+
+def candidate_patches(hu: np.ndarray, pixel_spacing_mm: Sequence[float] | Sequence[Sequence[float]],
+                      served: int, grid: int, rule: CandidateRule) -> np.ndarray:
+    """(N, grid, grid) bool for HU slices (N, H, W) or (H, W): the filter patches that hold a candidate.
+
+    ``pixel_spacing_mm``: one (row, column) pair for every slice, or one pair per slice (a batch may mix
+    series). ``served``: the filter's input side (its patch grid covers the served slice)."""
+    stack = _as_slices(hu)
+    spacing = _per_slice_spacing(stack, pixel_spacing_mm)
     out = np.zeros((stack.shape[0], grid, grid), bool)
     for i in range(stack.shape[0]):
         cand = candidate_pixels(stack[i], float(spacing[i, 0] * spacing[i, 1]), rule)
         out[i] = pool_to_patches(cand, served, grid)
     return out
+
+
+def reach_diagonal(reach: np.ndarray) -> np.ndarray:
+    """(N, G², G²) reach → (N, G, G) bool candidate patches (its diagonal)."""
+    n, g2 = reach.shape[0], reach.shape[1]
+    g = round(g2 ** 0.5)
+    return np.diagonal(reach, axis1=1, axis2=2).reshape(n, g, g).copy()
+
+
+def complete_components(flags: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """(N, G, G) flagged patches → the same plus every patch that a candidate component in a flagged
+    patch reaches (one step: components that only touch an added patch do not pull in more)."""
+    f = np.asarray(flags, dtype=bool)
+    n = f.shape[0]
+    flat = f.reshape(n, -1)
+    grown = flat | (flat[:, :, None] & np.asarray(reach, dtype=bool)).any(axis=1)
+    return grown.reshape(f.shape)
 
 
 def gated_slice_logits(patch_logits: np.ndarray, candidates: np.ndarray) -> np.ndarray:

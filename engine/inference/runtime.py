@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 from cacstream.engine.backends.base import Backend, BackendUnavailable, InferenceResult, array_family
 from cacstream.engine.backends.select import BackendChoice, auto_candidates, select_backend
-from cacstream.engine.inference.candidates import CandidateRule, candidate_patches, gated_slice_logits
+from cacstream.engine.inference.candidates import (
+    CandidateRule,
+    candidate_patches,
+    candidate_reach,
+    complete_components,
+    gated_slice_logits,
+    reach_diagonal,
+)
 from cacstream.engine.inference.regions import (
     RegionConfig,
     TileGrid,
@@ -194,7 +201,7 @@ class CalciumModels:
         """Decide the segmentation regions: probe the filter for patch logits and, when the config asks
         for patch regions, load the segmenter once more at the tile size. Anything that stops it is a
         note and a warning, and segmentation falls back to whole slices (never a failed load)."""
-        if self.regions.mode != "patches":
+        if self.regions.mode == "slice":
             return
         from cacstream.engine.backends.base import to_numpy_f32
 
@@ -224,6 +231,8 @@ class CalciumModels:
             c = self.candidate_rule
             rule += (f"; filter patches gated by calcium candidates (>= {c.threshold_hu:g} HU, >= "
                      f"{c.min_area_mm2:g} mm², {c.connectivity}-connected)")
+        if self.completes_components:
+            rule += "; grown to the whole calcium components of flagged patches"
         return rule
 
     # ------------------------------------------------------------------------------- properties
@@ -298,6 +307,21 @@ class CalciumModels:
     def candidate_patches(self, hu_slices: Any, pixel_spacing_mm: Any) -> np.ndarray | None:
         """(N, G, G) bool: the filter patches that hold a calcium candidate, None when no gate is in
         effect. ``pixel_spacing_mm``: one (row, column) pair or one per slice (required with a gate)."""
+        return self._per_candidate_rule(candidate_patches, hu_slices, pixel_spacing_mm)
+
+    def candidate_reach(self, hu_slices: Any, pixel_spacing_mm: Any) -> np.ndarray | None:
+        """(N, G², G²) bool: which patches one candidate component spans (``candidates.candidate_reach``;
+        its diagonal is :meth:`candidate_patches`), None when no gate is in effect."""
+        return self._per_candidate_rule(candidate_reach, hu_slices, pixel_spacing_mm)
+
+    @property
+    def completes_components(self) -> bool:
+        """Whether segmentation regions grow to the whole calcium components of flagged patches
+        (region mode ``components`` with tiles and a candidate gate, ``regions.py``)."""
+        return self.regions.mode == "components" and self.tile_grid is not None and self.candidate_rule is not None
+
+    def _per_candidate_rule(self, fn: Any, hu_slices: Any, pixel_spacing_mm: Any) -> np.ndarray | None:
+        """``fn(hu, spacing, served, grid, rule)`` over a stack or a list of slices of any sizes."""
         if self.candidate_rule is None:
             return None
         if pixel_spacing_mm is None:
@@ -311,9 +335,25 @@ class CalciumModels:
             per = [spacing] * len(hu_slices) if spacing.shape == (2,) else list(spacing)
             if len(per) != len(hu_slices):
                 raise ValueError(f"{len(per)} pixel spacings for {len(hu_slices)} slices")
-            return np.concatenate([candidate_patches(_host(h), sp, served, grid, self.candidate_rule)
-                                   for h, sp in zip(hu_slices, per)]) if hu_slices else np.zeros((0, grid, grid), bool)
-        return candidate_patches(_host(hu_slices), pixel_spacing_mm, served, grid, self.candidate_rule)
+            if not hu_slices:
+                return fn(np.zeros((0, 1, 1), np.float32), (1.0, 1.0), served, grid, self.candidate_rule)
+            return np.concatenate([fn(_host(h), sp, served, grid, self.candidate_rule)
+                                   for h, sp in zip(hu_slices, per)])
+        return fn(_host(hu_slices), pixel_spacing_mm, served, grid, self.candidate_rule)
+
+    def decide(self, filter_logits: Any, hu_slices: Any, pixel_spacing_mm: Any = None,
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Served filter output of ``hu_slices`` → (probabilities (N,), segmentation regions (N, G, G)
+        bool or None). The regions are the flagged patches, grown to the whole calcium components in
+        them when :attr:`completes_components` (so a lesion is never cut at a core border)."""
+        if self.completes_components:
+            reach = self.candidate_reach(hu_slices, pixel_spacing_mm)
+            assert reach is not None
+            cand = reach_diagonal(reach)
+            flags = self.patch_flags(filter_logits, cand)
+            return self.probabilities(filter_logits, cand), None if flags is None else complete_components(flags, reach)
+        cand = self.candidate_patches(hu_slices, pixel_spacing_mm)
+        return self.probabilities(filter_logits, cand), self.patch_flags(filter_logits, cand)
 
     def probabilities(self, filter_logits: Any, candidates: np.ndarray | None = None) -> np.ndarray:
         """Slice-filter logits -> probability that the slice holds coronary calcium, (N,) float64. With
@@ -398,10 +438,9 @@ class CalciumModels:
         return self.filter_decisions(hu_slices, pixel_spacing_mm)[0]
 
     def filter_decisions(self, hu_slices: Any, pixel_spacing_mm: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities (N,), flagged patches (N, G, G) or None) from one filter pass."""
-        cand = self.candidate_patches(hu_slices, pixel_spacing_mm)
-        raw = self._filter_result(hu_slices)[0]
-        return self.probabilities(raw, cand), self.patch_flags(raw, cand)
+        """(probabilities (N,), segmentation regions (N, G, G) or None) from one filter pass
+        (see :meth:`decide`)."""
+        return self.decide(self._filter_result(hu_slices)[0], hu_slices, pixel_spacing_mm)
 
     def filter_flags(self, hu_slices: Any, pixel_spacing_mm: Any = None) -> np.ndarray:
         """Slices to segment: probability >= the weights' operating threshold, (N,) bool."""
