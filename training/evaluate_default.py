@@ -448,6 +448,7 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
     dino, unet, clf, unet_long = rec("dino"), rec("unet"), rec("classifier"), rec("unet-long")
     unet_hardneg = rec("unet-hardneg")  # the optional fine-tune on hard negatives (stage 2c)
     unet_hardneg2 = rec("unet-hardneg2")  # its second round, on all 400 phantoms (stage 2d)
+    unet_hardneg3 = rec("unet-hardneg3")  # its third round, more crops on non-coronary calcium (stage 2e)
     clf_gated = rec("classifier-gated")  # the filter fine-tuned with the candidate gate (stage 2b)
     split = json.loads((runs / "unet" / "split.json").read_text()) if (runs / "unet" / "split.json").is_file() else {}
 
@@ -463,7 +464,7 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
         "data": {
             "phantoms": "phantom seeds 1000..1399 {'kind': 'mixed', 'matrix': 512} (cacstream.training.phantom); "
                         "DINO-LG used seeds 1000..1079, the U-Net 1000..1159 then 1000..1239 (trained longer, then "
-                        "fine-tuned on hard negatives), then 1000..1399 (a second hard-negative round), "
+                        "fine-tuned on hard negatives), then 1000..1399 (a second and a third hard-negative round), "
                         "the slice filter 1000..1399 (then fine-tuned with the candidate gate on the same)",
             "phantom_count": 400,
             "kinds": "mixed: gated cardiac or non-gated chest, equal odds per seed",
@@ -500,6 +501,11 @@ def training_record(runs: Path, wall_s: float | None, command: str) -> dict[str,
                                   "validation": (unet_hardneg2.get("metrics") or {}).get("val"),
                                   "train_seconds": epochs_time(unet_hardneg2, "unet-hardneg2"),
                                   "command": unet_hardneg2.get("command")}} if unet_hardneg2 else {}),
+            **({"unet_hardneg3": {"config": "training/configs/default_hardneg3_unet.toml", "init_from": "unet-hardneg2",
+                                  "epochs": len(unet_hardneg3.get("epochs", [])),
+                                  "validation": (unet_hardneg3.get("metrics") or {}).get("val"),
+                                  "train_seconds": epochs_time(unet_hardneg3, "unet-hardneg3"),
+                                  "command": unet_hardneg3.get("command")}} if unet_hardneg3 else {}),
             **({"classifier_gated": {"config": "training/configs/default_gated_classifier.toml",
                                      "init_from": "classifier", "candidate_gate": clf_gated.get("candidate_gate"),
                                      "epochs": len(clf_gated.get("epochs", [])),
@@ -530,6 +536,7 @@ DEVIATIONS = [
     "scoring reads), Adam 1e-3 cosine for 3 epochs on 160 phantoms, then 5e-4 cosine for 2 more on 240 "
     "(init_from), then 1 epoch at 2e-4 with half the non-coronary patches centred on non-coronary calcium "
     "(hard_negative_crop_p 0.5), then 1 epoch at 1.5e-4 on 400 phantoms with hard_negative_crop_p 0.7, "
+    "then 1 more at 1e-4 with hard_negative_crop_p 0.85, "
     "fixed HU window [-300, 1200] (paper: 64 filters, whole 512² slices, all "
     "pixels, Adam 1e-4, 100 epochs, per-slice min-max)",
     "training data: synthetic phantoms only (paper: COCA); the COCA samples are kept for evaluation",
