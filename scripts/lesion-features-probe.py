@@ -5,6 +5,7 @@ component, and the filter's highest patch probability over the patches it covers
 
     python scripts/lesion-features-probe.py --weights engine/weights/default --n 40 --out lesions.json
     python scripts/lesion-features-probe.py --first 6000 --n 40 --cache runs/dev-cache   # development set
+    python scripts/lesion-features-probe.py --coca ../shared/data/coca-sample --n 0      # real scans' 3D shares
 
 It runs the engine path as shipped: with the claim rule on, the partly claimed lesions it measures are
 already gone, so to see the rule's evidence again run it with the rule off (as the figures in
@@ -39,6 +40,14 @@ def lesions_of_case(models: object, case: object, claim_rule: bool = True) -> li
     calc = case.hu >= 130
     lab3, _ = ndi.label(calc, structure=np.ones((3, 3, 3)))
     vol3 = np.bincount(lab3.ravel()) * case.geometry.voxel_volume_mm3
+    # the 3D claim share: how much of each 3D calcium component (every slice) carries an artery label
+    claimed3 = np.bincount(lab3[calc & (res.labels > 0)], minlength=len(vol3))
+    total3 = np.bincount(lab3[calc], minlength=len(vol3))
+    zs = np.nonzero(calc)[0]
+    z_lo = np.full(len(vol3), len(calc), int)
+    z_hi = np.full(len(vol3), -1, int)
+    np.minimum.at(z_lo, lab3[calc], zs)
+    np.maximum.at(z_hi, lab3[calc], zs)
     out = []
     for z in np.flatnonzero(res.labels.reshape(len(res.labels), -1).max(axis=1) > 0):
         lab, k = ndi.label(calc[z] & (res.labels[z] > 0), structure=np.ones((3, 3)))
@@ -54,11 +63,48 @@ def lesions_of_case(models: object, case: object, claim_rule: bool = True) -> li
                 "seed": case.seed, "kind": case.kind, "slice": int(z),
                 "true": bool((case.labels[z][pix] > 0).any()), "on_other": bool(case.other_calcium[z][pix].any()),
                 "area_mm2": float(pix.sum() * pa), "peak_hu": float(case.hu[z][pix].max()),
+                "agatston": float(pix.sum() * pa * min(4, int(case.hu[z][pix].max() // 100))),
                 "share_of_component": float(pix.sum() / area2[comps[comps > 0]].sum()),
                 "component_mm3": float(vol3[np.unique(lab3[z][pix])].max()),
+                "share_of_component_3d": float(min(claimed3[c] / total3[c] for c in np.unique(lab3[z][pix]) if c > 0)),
+                "component_slices": int(max(z_hi[c] - z_lo[c] + 1 for c in np.unique(lab3[z][pix]) if c > 0)),
                 "patch_probability": float(pp[z][yy // side, xx // side].max()) if pp is not None else None,
             })
     return out
+
+
+def coca_component_shares(models: object, root: Path) -> list[dict[str, object]]:
+    """Every 3D calcium component the model labels in a gated COCA scan: the share of it labelled and
+    whether it holds ROI (reference coronary) calcium. What a rule on that share would remove on real scans."""
+    from cacstream.calibration.evaluate import run_engine_path
+    from cacstream.engine.config import AgatstonConfig
+    from cacstream.training.data import coca
+
+    out = []
+    for pid in coca.list_gated_patients(root):
+        c = coca.load_gated_patient(root, pid)
+        res = run_engine_path(models, c.volume.hu, c.volume.geometry, AgatstonConfig())
+        calc = c.volume.hu >= 130
+        lab3, n = ndi.label(calc, structure=np.ones((3, 3, 3)))
+        claimed = np.bincount(lab3[calc & (res.labels > 0)], minlength=n + 1)
+        total = np.bincount(lab3[calc], minlength=n + 1)
+        on_roi = np.bincount(lab3[calc & (c.labels > 0)], minlength=n + 1) > 0
+        for comp in np.flatnonzero(claimed[1:]) + 1:
+            out.append({"scan": f"gated {pid}", "component_voxels": int(total[comp]),
+                        "share_3d": float(claimed[comp] / total[comp]), "holds_roi_calcium": bool(on_roi[comp])})
+    return out
+
+
+def print_share_table(title: str, key: str, below: tuple[float, ...], true: list[dict[str, object]],
+                      false: list[dict[str, object]]) -> None:
+    """How many lesions of each kind have ``key`` below each of ``below``, and the smallest value."""
+    print(f"\n{title}")
+    print("| lesions | n | " + " | ".join(f"share < {t:g}" for t in below) + " | smallest |")
+    print("|---|---:|" + "---:|" * (len(below) + 1))
+    for name, grp in (("on coronary calcium", true), ("elsewhere", false)):
+        sh = np.array([r[key] for r in grp], float)
+        cells = " | ".join(str(int((sh < t).sum())) for t in below)
+        print(f"| {name} | {len(sh)} | {cells} | {sh.min() if len(sh) else float('nan'):.2f} |")
 
 
 def main() -> int:
@@ -70,6 +116,9 @@ def main() -> int:
                     "before checking it on the held-out set")
     ap.add_argument("--cache", type=Path, default=Path("runs/heldout-cache"), help="held-out phantom cache")
     ap.add_argument("--out", type=Path, default=None, help="write every lesion's features here (JSON)")
+    ap.add_argument("--coca", type=Path, default=None,
+                    help="COCA folder: also list the 3D claimed share of every model-labelled component of its gated "
+                         "scans and whether it holds ROI calcium (a rule designed on phantoms must not remove those)")
     ap.add_argument("--no-claim-rule", action="store_true",
                     help="score without the claim rule (min_claimed_share None), to measure what it acts on")
     args = ap.parse_args()
@@ -78,6 +127,17 @@ def main() -> int:
     from cacstream.training.evaluate_default import heldout_cases
 
     models = CalciumModels.load(args.weights, backend="onnxruntime")
+    if args.coca is not None:
+        comps = coca_component_shares(models, args.coca)
+        print("| scan | model-labelled 3D components | holding ROI calcium: their 3D shares | others with share < 0.5 |")
+        print("|---|---:|---|---:|")
+        for scan in sorted({str(r["scan"]) for r in comps}):
+            grp = [r for r in comps if r["scan"] == scan]
+            roi = sorted(f"{r['share_3d']:.2f}" for r in grp if r["holds_roi_calcium"])
+            low = sum(1 for r in grp if not r["holds_roi_calcium"] and float(r["share_3d"]) < 0.5)  # type: ignore[arg-type]
+            print(f"| {scan} | {len(grp)} | {', '.join(roi) or '-'} | {low} |")
+        if args.n == 0:
+            return 0
     rows: list[dict[str, object]] = []
     for case in heldout_cases(args.first, args.n, args.cache):
         rows.extend(lesions_of_case(models, case, claim_rule=not args.no_claim_rule))
@@ -89,17 +149,15 @@ def main() -> int:
           f"({sum(r['on_other'] for r in false)} on bone / aortic / valve calcium)")
     print("| feature | true: 5th / 50th / 95th percentile | false: 5th / 50th / 95th percentile |")
     print("|---|---|---|")
-    for key in ("area_mm2", "peak_hu", "share_of_component", "component_mm3", "patch_probability"):
+    for key in ("area_mm2", "peak_hu", "share_of_component", "component_mm3", "share_of_component_3d",
+                "component_slices", "patch_probability"):
         vals = [[r[key] for r in grp if r[key] is not None] for grp in (true, false)]
         cells = [" / ".join(f"{v:.3g}" for v in np.percentile(x, [5, 50, 95])) if x else "-" for x in vals]
         print(f"| {key} | {cells[0]} | {cells[1]} |")
-    print("\nshare of the lesion's calcium component the U-Net labelled (the claim rule, engine/scoring/claims.py):")
-    print("| lesions | n | share < 0.5 | share < 0.75 | share < 0.8 | share < 1 | smallest |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, grp in (("on coronary calcium", true), ("elsewhere", false)):
-        sh = np.array([r["share_of_component"] for r in grp])
-        cells = " | ".join(str(int((sh < t).sum())) for t in (0.5, 0.75, 0.8, 1.0))
-        print(f"| {name} | {len(sh)} | {cells} | {sh.min() if len(sh) else float('nan'):.2f} |")
+    print_share_table("share of the lesion's calcium component the U-Net labelled (the claim rule, "
+                      "engine/scoring/claims.py):", "share_of_component", (0.5, 0.75, 0.8, 1.0), true, false)
+    print_share_table("share of the lesion's 3D calcium component (all slices) the U-Net labelled:",
+                      "share_of_component_3d", (0.25, 0.5, 0.75, 1.0), true, false)
     return 0
 
 

@@ -3,6 +3,10 @@ engine path on development phantoms for ``--segment-regions patches`` and ``comp
 (engine/inference/regions.py), interleaved per series so the host's load hits both alike.
 
     python scripts/region-mode-choice.py --first 6000 --n 40 --cache runs/dev-cache
+    python scripts/region-mode-choice.py --modes patches patches:32 --coca ../shared/data/coca-sample
+
+A mode may name its context around a core as ``MODE:HALO`` (served pixels; 16 is the default, a 160²
+tile; 32 gives the U-Net's 192² training crop). ``--coca`` also scores the COCA samples per mode.
 
 Use seeds neither training (1000..1399) nor the held-out evaluation (5000..5039) saw. Each series is
 scored by ``calibration.evaluate.run_engine_path`` (filter → regions → U-Net → ``score_volume`` with the
@@ -25,7 +29,10 @@ def main() -> int:
     ap.add_argument("--first", type=int, default=6000, help="first phantom seed (6000: the development set)")
     ap.add_argument("--n", type=int, default=40, help="phantoms, seeds FIRST..FIRST+n-1")
     ap.add_argument("--cache", type=Path, default=Path("runs/dev-cache"), help="phantom cache folder")
-    ap.add_argument("--modes", nargs="+", default=["patches", "components"], help="region modes to compare")
+    ap.add_argument("--modes", nargs="+", default=["patches", "components"],
+                    help="region modes to compare, each MODE or MODE:HALO (e.g. patches:32)")
+    ap.add_argument("--coca", type=Path, default=None,
+                    help="COCA folder (../shared/data/coca-sample): also score its scans per mode against the references")
     ap.add_argument("--out", type=Path, default=None, help="per-series results (JSON)")
     args = ap.parse_args()
     if 5000 < args.first + args.n and args.first < 5040:
@@ -36,7 +43,19 @@ def main() -> int:
     from cacstream.engine.scoring.agatston import risk_category
     from cacstream.training.evaluate_default import heldout_cases, load_runtime
 
-    models = {m: load_runtime(args.weights, regions=m) for m in args.modes}
+    def parse(spec: str) -> tuple[str, int | None]:
+        mode, _, halo = spec.partition(":")
+        return mode, int(halo) if halo else None
+
+    models = {m: load_runtime(args.weights, regions=parse(m)[0], halo_px=parse(m)[1]) for m in args.modes}
+    if args.coca is not None:
+        from cacstream.training.evaluate_default import evaluate_coca
+        coca = {m: evaluate_coca(models[m], args.coca) for m in args.modes}
+        print("| scan | reference (risk) | " + " | ".join(args.modes) + " |")
+        print("|---|---:|" + "---:|" * len(args.modes))
+        for i, ref in enumerate(coca[args.modes[0]]):
+            cells = [f"{coca[m][i]['model_total']:.1f} ({coca[m][i]['model_risk']})" for m in args.modes]
+            print(f"| {ref['scan']} | {ref['reference_total']:.1f} ({ref['reference_risk']}) | " + " | ".join(cells) + " |")
     agatston = AgatstonConfig()
     rows = []
     for case in heldout_cases(args.first, args.n, args.cache):

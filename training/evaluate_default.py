@@ -174,12 +174,14 @@ def seen_heldout_seeds(weights: Path, first: int, n: int) -> list[int]:
     return seen_seeds(weights, first, n)
 
 
-def load_runtime(weights: Path, backend: str = "auto", threads: int | None = None, regions: str = "patches") -> Any:
+def load_runtime(weights: Path, backend: str = "auto", threads: int | None = None, regions: str = "patches",
+                 halo_px: int | None = None) -> Any:
+    """The engine's models as ``score`` loads them; ``halo_px`` None keeps RegionConfig's default context."""
     from cacstream.engine.inference.regions import RegionConfig
     from cacstream.engine.inference.runtime import CalciumModels
 
-    return CalciumModels.load(weights, backend=backend, batch_size=16, threads=threads,
-                              regions=RegionConfig(mode=regions))  # type: ignore[arg-type]
+    region = RegionConfig(mode=regions) if halo_px is None else RegionConfig(mode=regions, halo_px=halo_px)  # type: ignore[arg-type]
+    return CalciumModels.load(weights, backend=backend, batch_size=16, threads=threads, regions=region)
 
 
 def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
