@@ -330,3 +330,31 @@ def test_label_definition_on_a_hand_made_case():
     expected[0, 3, 6] = 4
     assert np.array_equal(labels, expected)
     assert other[0, 10, 10] and other[0, 10, 1] and other.sum() == 2
+
+
+@pytest.mark.parametrize("seed,kind", [(6, "cardiac_gated"), (7, "chest")])
+def test_cartilage_foci_are_small_non_coronary_calcium(seed: int, kind: str) -> None:
+    """Patchy costal-cartilage calcium (``cartilage_foci_probability``) adds calcium that the truth marks
+    as other calcium, never as coronary, leaves the coronary truth as it was, and forms 3D components of
+    its own, far below the skeletal check's 2,000 mm³ (what COCA gated patient 0's chest wall shows)."""
+    base = dict(kind=kind, matrix=256, pixel_spacing_range_mm=(0.3, 1.6), z_coverage_mm=150.0, thickness_mm=5.0)
+    plain = make_phantom(seed, PhantomConfig(**base))
+    foci = make_phantom(seed, PhantomConfig(**base, cartilage_foci_probability=1.0))
+    assert np.array_equal(plain.labels, foci.labels)
+    assert foci.truth["agatston_total"] == plain.truth["agatston_total"]
+    new = (foci.hu >= 130) & (plain.hu < 130)
+    assert new.sum() > 0
+    assert foci.other_calcium[new].all() and not (foci.labels[new] > 0).any()
+    assert ((foci.hu >= 130) | (plain.hu < 130)).all()  # foci only add dense matter
+    lab, _ = ndi.label(foci.hu >= 130, structure=np.ones((3, 3, 3)))
+    comps = np.unique(lab[new])
+    # components that are mostly focus (a few noise voxels of the uncalcified cartilage may join them)
+    own = [c for c in comps if c and new[lab == c].mean() >= 0.5]
+    assert own, "no focus formed a component of its own"
+    voxel_mm3 = float(np.prod(foci.geometry.pixel_spacing_mm)) * float(foci.geometry.slice_increment_mm)
+    assert max(int((lab == c).sum()) for c in own) * voxel_mm3 < 2000.0
+
+
+def test_cartilage_foci_probability_is_validated() -> None:
+    with pytest.raises(ValueError, match="cartilage_foci_probability"):
+        PhantomConfig(cartilage_foci_probability=1.5)

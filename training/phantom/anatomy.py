@@ -215,8 +215,12 @@ def _table(rng: np.random.Generator, torso: Torso) -> Extruded:
     return Extruded(name="table", layers=(Layer(0.0, 180.0), Layer(2.2, -880.0, tex_fine=10.0)), table=t)
 
 
-def draw_patient(rng: np.random.Generator, z_heart: float, with_table: bool, detail: bool = True) -> Patient:
+def draw_patient(rng: np.random.Generator, z_heart: float, with_table: bool, detail: bool = True,
+                 cartilage_foci: tuple[np.random.Generator, float] | None = None) -> Patient:
     """Draw a whole patient whose heart centre is at height ``z_heart`` (mm, DICOM z).
+
+    ``cartilage_foci``: (its own generator, probability) of patchy costal-cartilage calcium
+    (``skeleton.draw_skeleton``); drawn from that generator only, so ``rng``'s draws do not change.
 
     ``detail=False`` stops after the parts that place the scan (torso, heart, great vessels,
     coronaries, diaphragm): no shapes to paint, a fraction of the cost. The parts drawn are the same
@@ -268,7 +272,7 @@ def draw_patient(rng: np.random.Generator, z_heart: float, with_table: bool, det
     ]
     shapes += organ_shapes
     shapes += _mediastinum(torso, heart, carina_z)
-    shapes += draw_skeleton(rng, torso).shapes
+    shapes += draw_skeleton(rng, torso, cartilage_foci).shapes
     shapes += airway_shapes
     shapes += vessel_shapes(vessels)
     shapes += [fat_pads(rng, heart), heart_shape(heart)]

@@ -50,6 +50,11 @@ class PhantomConfig:
             plaque's faint fringe).
         calibration_insert_length_mm: length along z of each calibration insert cylinder.
         manufacturer: force one scanner vendor of the catalogue (None: drawn).
+        cartilage_foci_probability: chance of patchy calcified foci in the costal cartilage, each its
+            own small calcium component, not joined to rib or sternum (real costal cartilage calcifies
+            that way, and the skeletal check cannot see it: the COCA gated patient 0's anterior chest
+            wall, which the v1.2 and v1.3 U-Nets label LM). 0 (default) draws nothing and leaves every
+            phantom as before; training sets that should show the U-Net this hard negative set it.
     """
 
     kind: PhantomKind = "cardiac_gated"
@@ -71,6 +76,7 @@ class PhantomConfig:
     label_min_contrast_hu: float = 30.0
     calibration_insert_length_mm: float = 10.0
     manufacturer: str | None = None
+    cartilage_foci_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -90,6 +96,8 @@ class PhantomConfig:
             raise ValueError("z_coverage_mm must be > 0")
         if self.noise_scale < 0:
             raise ValueError("noise_scale must be >= 0")
+        if not 0.0 <= self.cartilage_foci_probability <= 1.0:
+            raise ValueError(f"cartilage_foci_probability must be within 0..1, got {self.cartilage_foci_probability}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for the truth file."""

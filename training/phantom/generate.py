@@ -72,7 +72,8 @@ class PhantomCase:
 def _streams(seed: int) -> dict[str, np.random.Generator]:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    names = ("kind", "anatomy", "protocol", "plaques", "motion", "texture", "noise", "calibration")
+    # appended names get new streams and leave the earlier ones (and so every earlier phantom) unchanged
+    names = ("kind", "anatomy", "protocol", "plaques", "motion", "texture", "noise", "calibration", "cartilage")
     children = np.random.SeedSequence([int(seed), 0xCAC5]).spawn(len(names))
     return {n: np.random.default_rng(c) for n, c in zip(names, children)}
 
@@ -125,7 +126,8 @@ def plan_phantom(seed: int, config: PhantomConfig | None = None, detail: bool = 
         raise ValueError("the calibration phantom has no patient plan; use make_phantom")
     gated = kind == "cardiac_gated"
     z_heart = float(np.round(rng["anatomy"].uniform(-190.0, -120.0), 2))
-    patient = draw_patient(rng["anatomy"], z_heart, with_table=not gated, detail=detail)
+    patient = draw_patient(rng["anatomy"], z_heart, with_table=not gated, detail=detail,
+                           cartilage_foci=(rng["cartilage"], config.cartilage_foci_probability))
     torso = patient.torso
     lo, hi = patient.heart.extent()
     rp = rng["protocol"]

@@ -27,6 +27,30 @@ def _bone_layers(cortex_mm: float, cortex_hu: float = CORTEX_HU, marrow_hu: floa
     )
 
 
+def _cartilage_foci(rng: np.random.Generator, probability: float, curves: list[np.ndarray]) -> list[Shape]:
+    """Patchy calcification of the costal cartilage: short dense capsules on the cartilage's centre
+    line, in its middle half (so never touching rib or sternum), 0-2 per cartilage. Real costal
+    cartilage calcifies in foci like these; each is its own small calcium component, which the
+    skeletal check (large components only) cannot exclude and a segmenter must learn to leave out."""
+    if rng.random() >= probability or not curves:
+        return []
+    hu = float(np.exp(rng.uniform(np.log(250.0), np.log(800.0))))
+    segs = []
+    for curve in curves:
+        step = np.linalg.norm(np.diff(curve, axis=0), axis=1)
+        s = np.concatenate([[0.0], np.cumsum(step)])
+        if s[-1] <= 0:
+            continue
+        for _ in range(int(rng.integers(0, 3))):
+            at = float(rng.uniform(0.25, 0.75)) * s[-1]
+            half = float(rng.uniform(0.75, 3.0))
+            ends = np.stack([np.interp([at - half, at + half], s, curve[:, d]) for d in range(3)], axis=1)
+            segs.append(paths.capsules(ends, float(rng.uniform(0.7, 2.0))))
+    if not segs:
+        return []
+    return [Tubes(name="cartilage_foci", layers=(Layer(0.0, hu, tex_fine=40.0, dense=True),), segments=np.concatenate(segs))]
+
+
 @dataclass
 class Skeleton:
     shapes: list[Shape]
@@ -37,8 +61,10 @@ def _constant_table(z_lo: float, z_hi: float, cx: float, cy: float, a: float, ba
     return np.array([[z_lo, cx, cy, a, bant, bpost, ex], [z_hi, cx, cy, a, bant, bpost, ex]])
 
 
-def draw_skeleton(rng: np.random.Generator, torso: Torso) -> Skeleton:
-    """Spine, ribs, cartilage, sternum, scapulae and clavicles for this torso."""
+def draw_skeleton(rng: np.random.Generator, torso: Torso,
+                  cartilage_foci: tuple[np.random.Generator, float] | None = None) -> Skeleton:
+    """Spine, ribs, cartilage, sternum, scapulae and clavicles for this torso; with ``cartilage_foci``
+    (generator, probability) sometimes patchy calcified foci in the costal cartilage too."""
     zh = torso.z_heart
     z_lo, z_hi = zh - 260.0, zh + 260.0
     zs = np.arange(z_lo, z_hi + 1.0, 20.0)
@@ -88,18 +114,19 @@ def draw_skeleton(rng: np.random.Generator, torso: Torso) -> Skeleton:
         segs.append([0.0, yb + 21.0, zt - 2.0, 0.0, tip, zt - 16.0, 4.0, 3.2])  # spinous (slopes down)
     shapes.append(Tubes(name="vertebral_arches", layers=_bone_layers(1.2, 950.0, 260.0), segments=np.array(segs, float)))
 
-    shapes += _ribs_and_sternum(rng, torso, vz)
+    shapes += _ribs_and_sternum(rng, torso, vz, cartilage_foci)
     return Skeleton(shapes=shapes, vertebra_z=vz)
 
 
-def _ribs_and_sternum(rng: np.random.Generator, torso: Torso, vz: np.ndarray) -> list[Shape]:
+def _ribs_and_sternum(rng: np.random.Generator, torso: Torso, vz: np.ndarray,
+                      cartilage_foci: tuple[np.random.Generator, float] | None = None) -> list[Shape]:
     zh = torso.z_heart
     # rib k (1..12) leaves the spine at the level of vertebra T_k; T1 sits near the lung apex
     pitch = float(np.median(np.diff(vz)))
     top = torso.apex_z - rng.uniform(5.0, 15.0)
     rib_r = float(rng.uniform(4.0, 5.2))
     calcified = rng.random() < 0.35
-    rib_segs, cart_segs = [], []
+    rib_segs, cart_segs, cart_curves = [], [], []
     # sternum: manubrium on top, body, xiphoid; its back touches the cavity's front
     st_top = zh + rng.uniform(105.0, 125.0)
     man_bottom = st_top - rng.uniform(40.0, 50.0)
@@ -140,6 +167,7 @@ def _ribs_and_sternum(rng: np.random.Generator, torso: Torso, vz: np.ndarray) ->
                 mid = np.array([0.5 * (end[0] + side * ast), min(end[1], yst) - 3.0, 0.5 * (end[2] + zst)])
                 cart = paths.smooth_curve(np.array([end, mid, [side * (ast + 1.0), yst, zst]]), 3.0)
                 cart_segs.append(paths.capsules(cart, rib_r * 0.95))
+                cart_curves.append(cart)
     cart_layers = (
         (Layer(0.0, 420.0, tex_fine=60.0, dense=True), Layer(0.9, 125.0, tex_fine=8.0))
         if calcified else (Layer(0.0, 125.0, tex_fine=8.0),)
@@ -149,6 +177,8 @@ def _ribs_and_sternum(rng: np.random.Generator, torso: Torso, vz: np.ndarray) ->
         Tubes(name="costal_cartilage", layers=cart_layers, segments=np.concatenate(cart_segs)),
         sternum,
     ]
+    if cartilage_foci is not None and cartilage_foci[1] > 0.0:
+        shapes += _cartilage_foci(cartilage_foci[0], cartilage_foci[1], cart_curves)
     shapes += _scapulae_clavicles(rng, torso, st_top)
     return shapes
 
