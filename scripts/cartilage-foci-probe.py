@@ -50,6 +50,9 @@ def main() -> int:
                "right_with": risk_category(b.agatston_total) == risk_category(truth)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.out:  # every series, before the summary
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1))
     n = len(rows)
     hit = [r for r in rows if r["focus_voxels_labelled"]]
     print(f"\n{n} phantoms, seeds {args.first}..{args.first + n - 1}, foci in {sum(r['focus_voxels'] > 0 for r in rows)}")
@@ -59,9 +62,6 @@ def main() -> int:
           f"{np.mean([r['without_foci'] for r in rows]):.1f} | - |")
     print(f"| with foci | {sum(r['right_with'] for r in rows)} of {n} | "
           f"{np.mean([r['with_foci'] for r in rows]):.1f} | {len(hit)} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
     return 0
 
 
