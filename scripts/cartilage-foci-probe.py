@@ -20,10 +20,10 @@ import numpy as np
 
 
 def main() -> int:
+    from cacstream.training.evaluate_default import add_dev_set_arguments
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", type=Path, default=Path("engine/weights/default"), help="weights folder")
-    ap.add_argument("--first", type=int, default=6000, help="first phantom seed (6000: the development set)")
-    ap.add_argument("--n", type=int, default=20, help="phantoms, seeds FIRST..FIRST+n-1 (mixed gated / chest, 512²)")
+    add_dev_set_arguments(ap, n=20, cache=False)  # mixed gated / chest, 512², made twice each
     ap.add_argument("--out", type=Path, default=None, help="per-series results (JSON)")
     args = ap.parse_args()
 

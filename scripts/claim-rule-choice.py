@@ -19,11 +19,10 @@ import numpy as np
 
 
 def main() -> int:
+    from cacstream.training.evaluate_default import add_dev_set_arguments
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", type=Path, default=Path("engine/weights/default"), help="weights folder")
-    ap.add_argument("--first", type=int, default=6000, help="first phantom seed (6000: the development set)")
-    ap.add_argument("--n", type=int, default=40, help="phantoms, seeds FIRST..FIRST+n-1")
-    ap.add_argument("--cache", type=Path, default=Path("runs/dev-cache"), help="phantom cache folder")
+    add_dev_set_arguments(ap)
     ap.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.5, 0.75, 1.0],
                     help="min_claimed_share values to compare (0: the rule off)")
     ap.add_argument("--out", type=Path, default=None, help="per-series results (JSON)")

@@ -40,6 +40,19 @@ import numpy as np
 from cacstream.engine.domain import ARTERIES, RISK_CATEGORIES
 
 HELDOUT_FIRST, HELDOUT_N = 5000, 40
+#: The development phantoms: seeds neither training (1000..1399) nor the held-out set uses, on which
+#: the scripts under scripts/ choose a rule before it is measured once on the held-out set.
+DEV_FIRST = 6000
+
+
+def add_dev_set_arguments(ap: argparse.ArgumentParser, n: int = 40, cache: bool = True) -> None:
+    """``--weights``, ``--first``, ``--n`` (and ``--cache``) as every development-set script reads them."""
+    ap.add_argument("--weights", type=Path, default=Path("engine/weights/default"), help="weights folder")
+    ap.add_argument("--first", type=int, default=DEV_FIRST,
+                    help=f"first phantom seed ({DEV_FIRST}: the development set)")
+    ap.add_argument("--n", type=int, default=n, help="phantoms, seeds FIRST..FIRST+n-1")
+    if cache:
+        ap.add_argument("--cache", type=Path, default=Path("runs/dev-cache"), help="phantom cache folder")
 HELDOUT_KIND, HELDOUT_MATRIX = "mixed", 512
 DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 
