@@ -25,6 +25,15 @@ import numpy as np
 import scipy.ndimage as ndi
 
 
+def claimed_3d(calc: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """26-connected 3D components of the calcium mask ``calc`` → (their label volume, labelled voxels
+    per component, voxels per component): the share a 3D claim rule would read."""
+    lab3, n = ndi.label(calc, structure=np.ones((3, 3, 3)))
+    claimed = np.bincount(lab3[calc & (labels > 0)], minlength=n + 1)
+    total = np.bincount(lab3[calc], minlength=n + 1)
+    return lab3, claimed, total
+
+
 def lesions_of_case(models: object, case: object, claim_rule: bool = True) -> list[dict[str, object]]:
     from cacstream.calibration.evaluate import run_engine_path
     from cacstream.engine.config import AgatstonConfig
@@ -38,11 +47,8 @@ def lesions_of_case(models: object, case: object, claim_rule: bool = True) -> li
     side = case.hu.shape[1] // (pp.shape[1] if pp is not None else 1)
     pa = float(np.prod(case.geometry.pixel_spacing_mm))
     calc = case.hu >= 130
-    lab3, _ = ndi.label(calc, structure=np.ones((3, 3, 3)))
-    vol3 = np.bincount(lab3.ravel()) * case.geometry.voxel_volume_mm3
-    # the 3D claim share: how much of each 3D calcium component (every slice) carries an artery label
-    claimed3 = np.bincount(lab3[calc & (res.labels > 0)], minlength=len(vol3))
-    total3 = np.bincount(lab3[calc], minlength=len(vol3))
+    lab3, claimed3, total3 = claimed_3d(calc, res.labels)
+    vol3 = total3 * case.geometry.voxel_volume_mm3
     zs = np.nonzero(calc)[0]
     z_lo = np.full(len(vol3), len(calc), int)
     z_hi = np.full(len(vol3), -1, int)
@@ -63,7 +69,8 @@ def lesions_of_case(models: object, case: object, claim_rule: bool = True) -> li
                 "seed": case.seed, "kind": case.kind, "slice": int(z),
                 "true": bool((case.labels[z][pix] > 0).any()), "on_other": bool(case.other_calcium[z][pix].any()),
                 "area_mm2": float(pix.sum() * pa), "peak_hu": float(case.hu[z][pix].max()),
-                "agatston": float(pix.sum() * pa * min(4, int(case.hu[z][pix].max() // 100))),
+                # area × Agatston weight, before the slice-thickness normalisation the engine applies
+                "area_x_weight": float(pix.sum() * pa * min(4, int(case.hu[z][pix].max() // 100))),
                 "share_of_component": float(pix.sum() / area2[comps[comps > 0]].sum()),
                 "component_mm3": float(vol3[np.unique(lab3[z][pix])].max()),
                 "share_of_component_3d": float(min(claimed3[c] / total3[c] for c in np.unique(lab3[z][pix]) if c > 0)),
@@ -85,10 +92,8 @@ def coca_component_shares(models: object, root: Path) -> list[dict[str, object]]
         c = coca.load_gated_patient(root, pid)
         res = run_engine_path(models, c.volume.hu, c.volume.geometry, AgatstonConfig())
         calc = c.volume.hu >= 130
-        lab3, n = ndi.label(calc, structure=np.ones((3, 3, 3)))
-        claimed = np.bincount(lab3[calc & (res.labels > 0)], minlength=n + 1)
-        total = np.bincount(lab3[calc], minlength=n + 1)
-        on_roi = np.bincount(lab3[calc & (c.labels > 0)], minlength=n + 1) > 0
+        lab3, claimed, total = claimed_3d(calc, res.labels)
+        on_roi = np.bincount(lab3[calc & (c.labels > 0)], minlength=len(total)) > 0
         for comp in np.flatnonzero(claimed[1:]) + 1:
             out.append({"scan": f"gated {pid}", "component_voxels": int(total[comp]),
                         "share_3d": float(claimed[comp] / total[comp]), "holds_roi_calcium": bool(on_roi[comp])})

@@ -40,6 +40,9 @@ import numpy as np
 from cacstream.engine.domain import ARTERIES, RISK_CATEGORIES
 
 HELDOUT_FIRST, HELDOUT_N = 5000, 40
+HELDOUT_KIND, HELDOUT_MATRIX = "mixed", 512
+DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+
 #: The development phantoms: seeds neither training (1000..1399) nor the held-out set uses, on which
 #: the scripts under scripts/ choose a rule before it is measured once on the held-out set.
 DEV_FIRST = 6000
@@ -53,8 +56,6 @@ def add_dev_set_arguments(ap: argparse.ArgumentParser, n: int = 40, cache: bool 
     ap.add_argument("--n", type=int, default=n, help="phantoms, seeds FIRST..FIRST+n-1")
     if cache:
         ap.add_argument("--cache", type=Path, default=Path("runs/dev-cache"), help="phantom cache folder")
-HELDOUT_KIND, HELDOUT_MATRIX = "mixed", 512
-DOCS_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
 # ------------------------------------------------------------------------------------------ data
