@@ -6,6 +6,8 @@ component, and the filter's highest patch probability over the patches it covers
     python scripts/lesion-features-probe.py --weights engine/weights/default --n 40 --out lesions.json
     python scripts/lesion-features-probe.py --first 6000 --n 40 --cache runs/dev-cache   # development set
     python scripts/lesion-features-probe.py --coca ../shared/data/coca-sample --n 0      # real scans' 3D shares
+    python scripts/lesion-features-probe.py --coca ../shared/data/coca-sample --ring --first 6000 --n 40 \
+        --cache runs/dev-cache     # the tissue around real ROI plaques vs phantom lesions (fat share)
 
 It runs the engine path as shipped: with the claim rule on, the partly claimed lesions it measures are
 already gone, so to see the rule's evidence again run it with the rule off (as the figures in
@@ -32,6 +34,39 @@ def claimed_3d(calc: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
     claimed = np.bincount(lab3[calc & (labels > 0)], minlength=n + 1)
     total = np.bincount(lab3[calc], minlength=n + 1)
     return lab3, claimed, total
+
+
+def ring_tissue(hu2d: np.ndarray, component: np.ndarray, spacing: tuple[float, float],
+                inner_mm: float = 1.0, outer_mm: float = 3.0) -> tuple[float, float]:
+    """(fat share, median HU) of the non-calcium tissue ``inner_mm``..``outer_mm`` around a 2D calcium
+    component: what surrounds a plaque (epicardial fat, vessel, myocardium) in this slice."""
+    d = ndi.distance_transform_edt(~component, sampling=spacing)
+    ring = (d > inner_mm) & (d <= outer_mm) & (hu2d < 130)
+    v = hu2d[ring]
+    return (float((v < -30).mean()), float(np.median(v))) if v.size else (float("nan"), float("nan"))
+
+
+def coca_roi_rings(models: object, root: Path) -> list[dict[str, object]]:
+    """Every expert ROI lesion (2D calcium component holding ROI pixels) of the gated COCA scans: the fat
+    share around it and the share of it the model labels (engine path as shipped)."""
+    from cacstream.calibration.evaluate import run_engine_path
+    from cacstream.engine.config import AgatstonConfig
+    from cacstream.training.data import coca
+
+    out = []
+    for pid in coca.list_gated_patients(root):
+        c = coca.load_gated_patient(root, pid)
+        hu, sp = c.volume.hu, tuple(c.volume.geometry.pixel_spacing_mm)
+        res = run_engine_path(models, hu, c.volume.geometry, AgatstonConfig())
+        for z in np.flatnonzero((c.labels > 0).any(axis=(1, 2))):
+            lab, k = ndi.label((hu[z] >= 130) & (c.labels[z] > 0), structure=np.ones((3, 3)))
+            for i in range(1, k + 1):
+                pix = lab == i
+                fat, med = ring_tissue(hu[z], pix, sp)
+                out.append({"scan": f"gated {pid}", "slice": int(z), "area_mm2": float(pix.sum() * np.prod(sp)),
+                            "fat_1_3mm": fat, "median_hu_1_3mm": med,
+                            "model_share": float((res.labels[z][pix] > 0).mean())})
+    return out
 
 
 def lesions_of_case(models: object, case: object, claim_rule: bool = True) -> list[dict[str, object]]:
@@ -76,6 +111,7 @@ def lesions_of_case(models: object, case: object, claim_rule: bool = True) -> li
                 "share_of_component_3d": float(min(claimed3[c] / total3[c] for c in np.unique(lab3[z][pix]) if c > 0)),
                 "component_slices": int(max(z_hi[c] - z_lo[c] + 1 for c in np.unique(lab3[z][pix]) if c > 0)),
                 "patch_probability": float(pp[z][yy // side, xx // side].max()) if pp is not None else None,
+                "fat_1_3mm": ring_tissue(case.hu[z], np.isin(comp2, comps[comps > 0]), tuple(case.geometry.pixel_spacing_mm))[0],
             })
     return out
 
@@ -124,6 +160,9 @@ def main() -> int:
     ap.add_argument("--coca", type=Path, default=None,
                     help="COCA folder: also list the 3D claimed share of every model-labelled component of its gated "
                          "scans and whether it holds ROI calcium (a rule designed on phantoms must not remove those)")
+    ap.add_argument("--ring", action="store_true",
+                    help="with --coca: the fat share 1-3 mm around every expert ROI lesion of the gated scans and "
+                         "whether the model finds it (phantom plaques sit in far more fat than real ones)")
     ap.add_argument("--no-claim-rule", action="store_true",
                     help="score without the claim rule (min_claimed_share None), to measure what it acts on")
     args = ap.parse_args()
@@ -141,6 +180,16 @@ def main() -> int:
             roi = sorted(f"{r['share_3d']:.2f}" for r in grp if r["holds_roi_calcium"])
             low = sum(1 for r in grp if not r["holds_roi_calcium"] and float(r["share_3d"]) < 0.5)  # type: ignore[arg-type]
             print(f"| {scan} | {len(grp)} | {', '.join(roi) or '-'} | {low} |")
+        if args.ring:
+            rings = coca_roi_rings(models, args.coca)
+            found = [r for r in rings if float(r["model_share"]) >= 0.5]  # type: ignore[arg-type]
+            missed = [r for r in rings if float(r["model_share"]) < 0.5]  # type: ignore[arg-type]
+            print("\n| COCA ROI lesions | n | fat share 1-3 mm around: 25th / 50th / 75th percentile |")
+            print("|---|---:|---|")
+            for name, grp in (("all", rings), ("found by the model (>= half labelled)", found), ("missed", missed)):
+                x = [float(r["fat_1_3mm"]) for r in grp]  # type: ignore[arg-type]
+                cells = " / ".join(f"{v:.2f}" for v in np.percentile(x, [25, 50, 75])) if x else "-"
+                print(f"| {name} | {len(grp)} | {cells} |")
         if args.n == 0:
             return 0
     rows: list[dict[str, object]] = []
@@ -155,7 +204,7 @@ def main() -> int:
     print("| feature | true: 5th / 50th / 95th percentile | false: 5th / 50th / 95th percentile |")
     print("|---|---|---|")
     for key in ("area_mm2", "peak_hu", "share_of_component", "component_mm3", "share_of_component_3d",
-                "component_slices", "patch_probability"):
+                "component_slices", "patch_probability", "fat_1_3mm"):
         vals = [[r[key] for r in grp if r[key] is not None] for grp in (true, false)]
         cells = [" / ".join(f"{v:.3g}" for v in np.percentile(x, [5, 50, 95])) if x else "-" for x in vals]
         print(f"| {key} | {cells[0]} | {cells[1]} |")

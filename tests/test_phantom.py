@@ -358,3 +358,56 @@ def test_cartilage_foci_are_small_non_coronary_calcium(seed: int, kind: str) -> 
 def test_cartilage_foci_probability_is_validated() -> None:
     with pytest.raises(ValueError, match="cartilage_foci_probability"):
         PhantomConfig(cartilage_foci_probability=1.5)
+
+
+def _fat_around_coronary_calcium(case: object) -> float:
+    """Share of fat (< -30 HU) in the tissue 1-3 mm around the phantom's coronary calcium, per slice
+    (the ring ``scripts/lesion-features-probe.py --ring`` measures on model lesions and COCA ROIs)."""
+    calc = case.hu >= 130
+    fat = n = 0
+    for z in np.flatnonzero((case.labels > 0).any(axis=(1, 2))):
+        d = ndi.distance_transform_edt(~((case.labels[z] > 0) & calc[z]), sampling=case.geometry.pixel_spacing_mm)
+        ring = (d > 1.0) & (d <= 3.0) & ~calc[z]
+        fat += int((case.hu[z][ring] < -30).sum())
+        n += int(ring.sum())
+    return fat / n
+
+
+@pytest.mark.parametrize("seed,kind", [(6, "cardiac_gated"), (7, "chest")])
+def test_lean_coronary_sleeves_put_plaques_in_soft_tissue(seed: int, kind: str) -> None:
+    """``lean_coronary_fat_probability`` 1 replaces every artery's 3.5 mm fat pad by a thin soft-tissue-like
+    sleeve: the same plaques, now with far less fat around them (COCA's ROI plaques: 40 % in the median,
+    default phantom plaques 89 %)."""
+    base = dict(kind=kind, matrix=256, pixel_spacing_range_mm=(0.3, 1.6), z_coverage_mm=150.0, thickness_mm=3.0,
+                calcium_category="101-400")
+    plain = make_phantom(seed, PhantomConfig(**base))
+    lean = make_phantom(seed, PhantomConfig(**base, lean_coronary_fat_probability=1.0))
+    assert lean.truth["plaques"] == plain.truth["plaques"]
+    assert (lean.labels > 0).sum() > 0
+    before, after = _fat_around_coronary_calcium(plain), _fat_around_coronary_calcium(lean)
+    assert before > 0.6 and after < before - 0.2, (before, after)
+
+
+def test_no_lean_sleeves_draws_nothing() -> None:
+    """Probability 0 (the default) draws nothing from the sleeve stream and paints the 3.5 mm fat pads, so
+    every phantom made before the option existed is unchanged."""
+    from cacstream.training.phantom.coronaries import FAT_PAD_HU, FAT_PAD_MARGIN_MM, artery_shapes, draw_pads
+    from cacstream.training.phantom.generate import plan_phantom
+
+    arteries = plan_phantom(6, PhantomConfig(), detail=False).patient.arteries
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    pads = draw_pads(rng, arteries, 0.0)
+    assert rng.bit_generator.state == state
+    assert all(p.hu == FAT_PAD_HU and np.all(p.margin_mm == FAT_PAD_MARGIN_MM) for p in pads.values())
+    shipped = artery_shapes(arteries)
+    assert [s.name for s in artery_shapes(arteries, pads)] == [s.name for s in shipped] == ["coronary_fat", "coronaries"]
+    assert all(np.array_equal(a.segments, b.segments) for a, b in zip(artery_shapes(arteries, pads), shipped))
+    lean = draw_pads(np.random.default_rng(0), arteries, 1.0)
+    assert all(p.hu > -92.0 and p.margin_mm.max() <= 3.5 for p in lean.values())
+    assert [s.name for s in artery_shapes(arteries, lean)] == [f"coronary_sleeve_{n}" for n in arteries] + ["coronaries"]
+
+
+def test_lean_coronary_fat_probability_is_validated() -> None:
+    with pytest.raises(ValueError, match="lean_coronary_fat_probability"):
+        PhantomConfig(lean_coronary_fat_probability=-0.1)

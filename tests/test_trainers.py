@@ -222,7 +222,29 @@ def test_unet_init_from_starts_from_the_finished_run(
     bad = ci_config("unet", work / "cases", work, **{**over, "init_from": str(work / "dino")})
     capsys.readouterr()
     assert main(["train", "unet", "--config", str(bad), "--out", str(work / "unet-bad"), "--quiet"]) != 0
-    assert "not a finished `cacstream train unet` run" in capsys.readouterr().err
+    assert "neither a finished `cacstream train unet` run nor an exported weights folder" in capsys.readouterr().err
+
+
+def test_unet_init_from_an_exported_weights_folder_loads_the_shipped_segmenter(tmp_path: Path) -> None:
+    """The shipped weights can be fine-tuned though the run that made them is gone: ``init_from`` the
+    weights folder loads its fp16-stored segmenter, cast to float32, exactly."""
+    from safetensors.torch import load_file
+
+    from cacstream.engine.weights_location import packaged_weights_dir
+    from cacstream.training.config import UNetConfig
+    from cacstream.training.unet_trainer import build_unet, init_from_run
+
+    folder = packaged_weights_dir()
+    cfg = UNetConfig(arch="unet_small")
+    model = build_unet(cfg)
+    init_from_run(model, cfg, folder)
+    shipped = load_file(str(folder / "segmenter.safetensors"))
+    got = model.state_dict()
+    assert set(got) == set(shipped)
+    for k, v in shipped.items():
+        assert torch.equal(got[k], v.to(got[k].dtype)), k
+    with pytest.raises(ValueError, match="differs from this config's unet_tiny"):
+        init_from_run(build_unet(UNetConfig(arch="unet_tiny")), UNetConfig(arch="unet_tiny"), folder)
 
 
 @pytest.fixture(scope="module")

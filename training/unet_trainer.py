@@ -14,6 +14,8 @@ served on whole slices at ``preprocess.input_size``. The best epoch by validatio
 
 from __future__ import annotations
 
+import json
+
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -174,19 +176,37 @@ def build_unet(cfg: UNetConfig) -> UNet:
     return model
 
 
+def _exported_segmenter(folder: Path) -> tuple[str, dict, Path] | None:
+    """(arch, arch kwargs, weights file) of an exported weights folder's segmenter (``config.json`` with a
+    ``segmenter`` entry, as ``cacstream export`` writes and the repository ships), else None."""
+    try:
+        seg = json.loads((folder / "config.json").read_text())["segmenter"]
+        return str(seg["arch"]["name"]), dict(seg["arch"].get("kwargs", {})), folder / str(seg["weights"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def init_from_run(model: UNet, cfg: UNetConfig, run: Path) -> None:
-    """Load a finished U-Net run's final model into ``model``; its arch must be ``cfg``'s."""
+    """Load a finished U-Net run's final model into ``model``; its arch must be ``cfg``'s.
+
+    ``run`` may also be an exported weights folder (e.g. ``engine/weights/default``): the shipped
+    segmenter (stored fp16) is cast to float32, so shipped weights can be fine-tuned when the run that
+    made them is gone."""
+    exported = _exported_segmenter(run)
+    if exported is not None:
+        arch, kwargs, weights = exported
+    else:
+        try:
+            rec = read_run_record(run, "unet")
+        except RunError as e:
+            raise ValueError(f"init_from {run}: neither a finished `cacstream train unet` run nor an exported "
+                             f"weights folder ({e})") from None
+        arch, kwargs, weights = rec["arch"], dict(rec.get("arch_kwargs", {})), run / rec.get("weights", MODEL_FILE)
+    if arch != cfg.arch or kwargs != dict(cfg.arch_kwargs):
+        raise ValueError(f"init_from {run}: its arch {arch} {kwargs} differs from this config's {cfg.arch} {cfg.arch_kwargs}")
     try:
-        rec = read_run_record(run, "unet")
-    except RunError as e:
-        raise ValueError(f"init_from {run}: not a finished `cacstream train unet` run ({e})") from None
-    if rec["arch"] != cfg.arch or dict(rec.get("arch_kwargs", {})) != dict(cfg.arch_kwargs):
-        raise ValueError(
-            f"init_from {run}: its arch {rec['arch']} {rec.get('arch_kwargs', {})} differs from this "
-            f"config's {cfg.arch} {cfg.arch_kwargs}"
-        )
-    try:
-        model.load_state_dict(load_file(str(run / rec.get("weights", MODEL_FILE))))
+        tensors = {k: v.float() for k, v in load_file(str(weights)).items()}
+        model.load_state_dict(tensors)
     except (OSError, RuntimeError) as e:
         raise ValueError(f"init_from {run}: cannot load its model ({e})") from None
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cacstream.training.phantom import paths, raster
-from cacstream.training.phantom.coronaries import Artery, artery_shapes, draw_arteries
+from cacstream.training.phantom.coronaries import Artery, artery_shapes, draw_arteries, draw_pads
 from cacstream.training.phantom.heart import (
     GreatVessels, Heart, draw_great_vessels, draw_heart, fat_pads, heart_shape, vessel_shapes,
 )
@@ -216,11 +216,13 @@ def _table(rng: np.random.Generator, torso: Torso) -> Extruded:
 
 
 def draw_patient(rng: np.random.Generator, z_heart: float, with_table: bool, detail: bool = True,
-                 cartilage_foci: tuple[np.random.Generator, float] | None = None) -> Patient:
+                 cartilage_foci: tuple[np.random.Generator, float] | None = None,
+                 lean_fat: tuple[np.random.Generator, float] | None = None) -> Patient:
     """Draw a whole patient whose heart centre is at height ``z_heart`` (mm, DICOM z).
 
     ``cartilage_foci``: (its own generator, probability) of patchy costal-cartilage calcium
     (``skeleton.draw_skeleton``); drawn from that generator only, so ``rng``'s draws do not change.
+    ``lean_fat``: the same for coronary fat pads that are thin (``coronaries.draw_pads``).
 
     ``detail=False`` stops after the parts that place the scan (torso, heart, great vessels,
     coronaries, diaphragm): no shapes to paint, a fraction of the cost. The parts drawn are the same
@@ -276,7 +278,8 @@ def draw_patient(rng: np.random.Generator, z_heart: float, with_table: bool, det
     shapes += airway_shapes
     shapes += vessel_shapes(vessels)
     shapes += [fat_pads(rng, heart), heart_shape(heart)]
-    shapes += artery_shapes(arteries)
+    pads = draw_pads(lean_fat[0], arteries, lean_fat[1]) if lean_fat is not None else None
+    shapes += artery_shapes(arteries, pads)
     patient.shapes = shapes
     patient.lung_hu = lung_hu
     return patient

@@ -55,6 +55,10 @@ class PhantomConfig:
             that way, and the skeletal check cannot see it: the COCA gated patient 0's anterior chest
             wall, which the v1.2 and v1.3 U-Nets label LM). 0 (default) draws nothing and leaves every
             phantom as before; training sets that should show the U-Net this hard negative set it.
+        lean_coronary_fat_probability: chance, per artery, that its epicardial fat pad is thin
+            (0.3-1.5 mm beyond the wall instead of 3.5 mm, varying along it), so its plaques touch
+            soft tissue as real plaques often do (around the COCA ROI plaques the tissue 1-3 mm out is
+            40 % fat; around default phantom plaques 89 %). 0 (default) leaves every phantom as before.
     """
 
     kind: PhantomKind = "cardiac_gated"
@@ -77,6 +81,7 @@ class PhantomConfig:
     calibration_insert_length_mm: float = 10.0
     manufacturer: str | None = None
     cartilage_foci_probability: float = 0.0
+    lean_coronary_fat_probability: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -98,6 +103,9 @@ class PhantomConfig:
             raise ValueError("noise_scale must be >= 0")
         if not 0.0 <= self.cartilage_foci_probability <= 1.0:
             raise ValueError(f"cartilage_foci_probability must be within 0..1, got {self.cartilage_foci_probability}")
+        if not 0.0 <= self.lean_coronary_fat_probability <= 1.0:
+            raise ValueError(
+                f"lean_coronary_fat_probability must be within 0..1, got {self.lean_coronary_fat_probability}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for the truth file."""

@@ -109,12 +109,68 @@ def draw_arteries(rng: np.random.Generator, heart: Heart) -> dict[str, Artery]:
     return arteries
 
 
-def artery_shapes(arteries: dict[str, Artery]) -> list[Tubes]:
-    """Fat pads along the grooves (painted over the heart), then the vessels themselves (≈ 40 HU)."""
+#: How far (mm) an artery's epicardial fat pad reaches beyond its wall, and its density (HU).
+FAT_PAD_MARGIN_MM = 3.5
+FAT_PAD_HU = -92.0
+#: A lean artery's pad: margin range (mm) and density range (HU) — see :class:`Pad`.
+LEAN_PAD_MARGIN_MM = (1.0, 3.5)
+LEAN_PAD_HU = (-60.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Pad:
+    """The tissue sleeve around one artery: reach beyond the wall (mm, one value per centreline point)
+    and density (HU)."""
+
+    margin_mm: np.ndarray
+    hu: float = FAT_PAD_HU
+
+
+def draw_pads(rng: np.random.Generator, arteries: dict[str, Artery], probability: float) -> dict[str, Pad]:
+    """Per artery, the sleeve painted around it: a 3.5 mm fat pad, or with ``probability`` a *lean* one.
+
+    Why: in the default phantoms every coronary runs in a 3.5 mm sleeve of -92 HU fat, so the tissue
+    1-3 mm around a phantom plaque is 89 % fat (median); around the COCA samples' expert ROI plaques it
+    is 40 % (median -8 HU: thick slices, motion and the vessel wall mix fat with soft tissue), and the
+    v1.3 U-Net finds the real plaques in proportion to that fat (``scripts/lesion-features-probe.py
+    --ring``; docs/models.md). A lean artery's sleeve has a margin that varies smoothly along it between
+    four knots drawn from ``LEAN_PAD_MARGIN_MM`` and one density drawn from ``LEAN_PAD_HU``, so its
+    plaques sit in soft-tissue-like surroundings as real ones often do. Draws come from ``rng`` only
+    (its own stream); ``probability`` 0 draws nothing.
+    """
+    out = {}
+    for name, art in arteries.items():
+        pad = Pad(np.full(len(art.path), FAT_PAD_MARGIN_MM))
+        if probability > 0 and rng.random() < probability:
+            knots = rng.uniform(*LEAN_PAD_MARGIN_MM, size=4)
+            margin = np.interp(np.linspace(0.0, 1.0, len(art.path)), np.linspace(0.0, 1.0, 4), knots)
+            pad = Pad(margin, float(rng.uniform(*LEAN_PAD_HU)))
+        out[name] = pad
+    return out
+
+
+def artery_shapes(arteries: dict[str, Artery], pads: dict[str, Pad] | None = None) -> list[Tubes]:
+    """Sleeves of fat along the grooves (painted over the heart), then the vessels themselves (≈ 40 HU).
+
+    ``pads``: per artery (:func:`draw_pads`); None: the 3.5 mm fat pad around every artery. Lean
+    sleeves are painted after the fat ones, each as its own shape (one density per shape)."""
     step = 4  # 2 mm capsules: plenty for a smooth tube
-    pads = np.concatenate([paths.capsules(a.path[::step], a.radius[::step] + 3.5) for a in arteries.values()])
+    pads = pads or {}
+    fat = [n for n in arteries if n not in pads or pads[n].hu == FAT_PAD_HU]
+
+    def sleeve(name: str) -> np.ndarray:
+        a = arteries[name]
+        margin = pads[name].margin_mm if name in pads else FAT_PAD_MARGIN_MM
+        return paths.capsules(a.path[::step], (a.radius + margin)[::step])
+
     vessels = np.concatenate([paths.capsules(a.path[::step], a.radius[::step]) for a in arteries.values()])
-    return [
-        Tubes(name="coronary_fat", layers=(Layer(0.0, -92.0, tex_fine=5.0, tex_coarse=6.0),), segments=pads),
-        Tubes(name="coronaries", layers=(Layer(0.0, 38.0, tex_fine=2.0),), segments=vessels),
-    ]
+    shapes = []
+    if fat:
+        shapes.append(Tubes(name="coronary_fat", layers=(Layer(0.0, FAT_PAD_HU, tex_fine=5.0, tex_coarse=6.0),),
+                            segments=np.concatenate([sleeve(n) for n in fat])))
+    for n in arteries:
+        if n not in fat:
+            shapes.append(Tubes(name=f"coronary_sleeve_{n}", layers=(Layer(0.0, pads[n].hu, tex_fine=5.0, tex_coarse=6.0),),
+                                segments=sleeve(n)))
+    shapes.append(Tubes(name="coronaries", layers=(Layer(0.0, 38.0, tex_fine=2.0),), segments=vessels))
+    return shapes

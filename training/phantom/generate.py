@@ -73,7 +73,8 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     # appended names get new streams and leave the earlier ones (and so every earlier phantom) unchanged
-    names = ("kind", "anatomy", "protocol", "plaques", "motion", "texture", "noise", "calibration", "cartilage")
+    names = ("kind", "anatomy", "protocol", "plaques", "motion", "texture", "noise", "calibration", "cartilage",
+             "coronary_fat")
     children = np.random.SeedSequence([int(seed), 0xCAC5]).spawn(len(names))
     return {n: np.random.default_rng(c) for n, c in zip(names, children)}
 
@@ -127,7 +128,8 @@ def plan_phantom(seed: int, config: PhantomConfig | None = None, detail: bool = 
     gated = kind == "cardiac_gated"
     z_heart = float(np.round(rng["anatomy"].uniform(-190.0, -120.0), 2))
     patient = draw_patient(rng["anatomy"], z_heart, with_table=not gated, detail=detail,
-                           cartilage_foci=(rng["cartilage"], config.cartilage_foci_probability))
+                           cartilage_foci=(rng["cartilage"], config.cartilage_foci_probability),
+                           lean_fat=(rng["coronary_fat"], config.lean_coronary_fat_probability))
     torso = patient.torso
     lo, hi = patient.heart.extent()
     rp = rng["protocol"]
