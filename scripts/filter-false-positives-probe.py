@@ -32,18 +32,25 @@ def slice_components(hu2d: np.ndarray, pixel_area: float) -> tuple[np.ndarray, n
     return lab, area
 
 
-def gated_probability(lab: np.ndarray, area: np.ndarray, patch_prob: np.ndarray, cap: float) -> tuple[float, int]:
-    """(highest patch probability over candidates of 1 mm²..``cap``, the component that has it; 0 if none)."""
+def component_probabilities(lab: np.ndarray, patch_prob: np.ndarray) -> np.ndarray:
+    """(n + 1,) the highest patch probability over the patches each component touches (index 0 unused)."""
     g = patch_prob.shape[0]
     side = lab.shape[0] // g
+    per_pixel = np.kron(patch_prob, np.ones((side, side), patch_prob.dtype))
+    n = int(lab.max())
+    out = np.zeros(n + 1)
+    if n:
+        out[1:] = ndi.maximum(per_pixel, lab, index=np.arange(1, n + 1))
+    return out
+
+
+def gated_probability(area: np.ndarray, comp_prob: np.ndarray, cap: float) -> tuple[float, int]:
+    """(highest probability over candidates of 1 mm²..``cap``, the component that has it; 0 if none)."""
     ok = (area >= 1.0) & (area <= cap)
-    best, which = 0.0, 0
-    for c in np.flatnonzero(ok):
-        yy, xx = np.nonzero(lab == c)
-        p = float(patch_prob[yy // side, xx // side].max())
-        if p > best:
-            best, which = p, int(c)
-    return best, which
+    if not ok.any():
+        return 0.0, 0
+    c = int(np.flatnonzero(ok)[np.argmax(comp_prob[ok])])
+    return float(comp_prob[c]), c
 
 
 def coca_roi_component_areas(root: Path) -> list[float]:
@@ -84,7 +91,8 @@ def main() -> int:
         pa = float(np.prod(case.geometry.pixel_spacing_mm))
         for z, flag in enumerate(case.flags):
             lab, area = slice_components(case.hu[z], pa)
-            row = [gated_probability(lab, area, pp[z], cap) for cap in CAPS_MM2]
+            cp = component_probabilities(lab, pp[z])
+            row = [gated_probability(area, cp, cap) for cap in CAPS_MM2]
             probs.append(np.array([p for p, _ in row]))
             truth.append(bool(flag))
             if flag:
