@@ -399,12 +399,12 @@ def test_no_lean_sleeves_draws_nothing() -> None:
     state = rng.bit_generator.state
     pads = draw_pads(rng, arteries, 0.0)
     assert rng.bit_generator.state == state
-    assert all(p.hu == FAT_PAD_HU and np.all(p.margin_mm == FAT_PAD_MARGIN_MM) for p in pads.values())
+    assert all(not p.lean and p.hu == FAT_PAD_HU and np.all(p.margin_mm == FAT_PAD_MARGIN_MM) for p in pads.values())
     shipped = artery_shapes(arteries)
     assert [s.name for s in artery_shapes(arteries, pads)] == [s.name for s in shipped] == ["coronary_fat", "coronaries"]
     assert all(np.array_equal(a.segments, b.segments) for a, b in zip(artery_shapes(arteries, pads), shipped))
     lean = draw_pads(np.random.default_rng(0), arteries, 1.0)
-    assert all(p.hu > -92.0 and p.margin_mm.max() <= 3.5 for p in lean.values())
+    assert all(p.lean and p.hu > -92.0 and p.margin_mm.max() <= 3.5 for p in lean.values())
     assert [s.name for s in artery_shapes(arteries, lean)] == [f"coronary_sleeve_{n}" for n in arteries] + ["coronaries"]
 
 

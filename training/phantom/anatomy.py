@@ -222,7 +222,7 @@ def draw_patient(rng: np.random.Generator, z_heart: float, with_table: bool, det
 
     ``cartilage_foci``: (its own generator, probability) of patchy costal-cartilage calcium
     (``skeleton.draw_skeleton``); drawn from that generator only, so ``rng``'s draws do not change.
-    ``lean_fat``: the same for coronary fat pads that are thin (``coronaries.draw_pads``).
+    ``lean_fat``: the same for lean coronary sleeves (``coronaries.draw_pads``).
 
     ``detail=False`` stops after the parts that place the scan (torso, heart, great vessels,
     coronaries, diaphragm): no shapes to paint, a fraction of the cost. The parts drawn are the same

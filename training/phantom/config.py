@@ -55,10 +55,11 @@ class PhantomConfig:
             that way, and the skeletal check cannot see it: the COCA gated patient 0's anterior chest
             wall, which the v1.2 and v1.3 U-Nets label LM). 0 (default) draws nothing and leaves every
             phantom as before; training sets that should show the U-Net this hard negative set it.
-        lean_coronary_fat_probability: chance, per artery, that its epicardial fat pad is thin
-            (0.3-1.5 mm beyond the wall instead of 3.5 mm, varying along it), so its plaques touch
-            soft tissue as real plaques often do (around the COCA ROI plaques the tissue 1-3 mm out is
-            40 % fat; around default phantom plaques 89 %). 0 (default) leaves every phantom as before.
+        lean_coronary_fat_probability: chance, per artery, that it is *lean*: instead of the 3.5 mm
+            sleeve of -92 HU fat, a sleeve 1-3.5 mm beyond the wall (varying along it) of one density
+            drawn from -60..30 HU, so its plaques sit in soft-tissue-like surroundings as real plaques
+            often do (around the COCA ROI plaques the tissue 1-3 mm out is 40 % fat; around default
+            phantom plaques 89 %). 0 (default) leaves every phantom as before.
     """
 
     kind: PhantomKind = "cardiac_gated"

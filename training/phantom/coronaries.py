@@ -119,11 +119,12 @@ LEAN_PAD_HU = (-60.0, 30.0)
 
 @dataclass(frozen=True)
 class Pad:
-    """The tissue sleeve around one artery: reach beyond the wall (mm, one value per centreline point)
-    and density (HU)."""
+    """The tissue sleeve around one artery: reach beyond the wall (mm, one value per centreline point),
+    density (HU), and whether it is a lean one (painted as its own shape) or the shared fat pad."""
 
     margin_mm: np.ndarray
     hu: float = FAT_PAD_HU
+    lean: bool = False
 
 
 def draw_pads(rng: np.random.Generator, arteries: dict[str, Artery], probability: float) -> dict[str, Pad]:
@@ -144,7 +145,7 @@ def draw_pads(rng: np.random.Generator, arteries: dict[str, Artery], probability
         if probability > 0 and rng.random() < probability:
             knots = rng.uniform(*LEAN_PAD_MARGIN_MM, size=4)
             margin = np.interp(np.linspace(0.0, 1.0, len(art.path)), np.linspace(0.0, 1.0, 4), knots)
-            pad = Pad(margin, float(rng.uniform(*LEAN_PAD_HU)))
+            pad = Pad(margin, float(rng.uniform(*LEAN_PAD_HU)), lean=True)
         out[name] = pad
     return out
 
@@ -156,7 +157,7 @@ def artery_shapes(arteries: dict[str, Artery], pads: dict[str, Pad] | None = Non
     sleeves are painted after the fat ones, each as its own shape (one density per shape)."""
     step = 4  # 2 mm capsules: plenty for a smooth tube
     pads = pads or {}
-    fat = [n for n in arteries if n not in pads or pads[n].hu == FAT_PAD_HU]
+    fat = [n for n in arteries if n not in pads or not pads[n].lean]
 
     def sleeve(name: str) -> np.ndarray:
         a = arteries[name]
