@@ -12,6 +12,7 @@ import json
 import math
 
 import numpy as np
+import pydicom
 import pytest
 from scipy import ndimage as ndi
 
@@ -301,6 +302,28 @@ def test_cli_writes_series_and_refuses_to_clobber(tmp_path):
         truth = json.loads((f / "truth.json").read_text())
         assert len(list(f.glob("*.dcm"))) == len(truth["geometry"]["z_mm"])
     assert cmd.run(args) == 2  # exists: refused without --overwrite
+
+
+def test_cli_passes_the_realism_options_and_rejects_bad_ones(tmp_path, capsys):
+    """The hard-negative / realism options reach the generator (recorded in truth.json, pixels differ from
+    the default series of the same seed) and an out-of-range value is refused with its name."""
+    from cacstream.training.commands import phantom as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    base = ["--series", "1", "--seed", "6", "--kind", "cardiac_gated", "--matrix", "64", "--calcium-category", "101-400"]
+    assert cmd.run(parser.parse_args([str(tmp_path / "plain"), *base])) == 0
+    assert cmd.run(parser.parse_args([str(tmp_path / "lean"), *base, "--lean-coronary-fat-probability", "1",
+                                      "--cartilage-foci-probability", "1"])) == 0
+    (plain,), (lean,) = (list((tmp_path / k).glob("phantom_*")) for k in ("plain", "lean"))
+    config = json.loads((lean / "truth.json").read_text())["config"]
+    assert config["lean_coronary_fat_probability"] == 1.0 and config["cartilage_foci_probability"] == 1.0
+    assert json.loads((plain / "truth.json").read_text())["config"]["lean_coronary_fat_probability"] == 0.0
+    a, b = (np.stack([pydicom.dcmread(f).pixel_array for f in sorted(d.glob("*.dcm"))]) for d in (plain, lean))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    capsys.readouterr()
+    assert cmd.run(parser.parse_args([str(tmp_path / "bad"), *base, "--lean-coronary-fat-probability", "1.5"])) == 2
+    assert "lean_coronary_fat_probability must be within 0..1" in capsys.readouterr().err
 
 
 def test_label_definition_on_a_hand_made_case():

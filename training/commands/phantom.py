@@ -49,6 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ideal", action="store_true",
                         help="No noise, no blur, no motion, point sampling: areas become exact lattice counts "
                              "(for checking scoring code against analytic values; not for training).")
+    parser.add_argument("--cartilage-foci-probability", type=float, default=0.0,
+                        help="Chance of patchy calcified foci in the costal cartilage (small non-coronary calcium "
+                             "the skeletal check cannot exclude). Default 0: the series are exactly those of "
+                             "earlier versions; 0.3 for a training set that should show the U-Net this hard "
+                             "negative (docs/phantom.md).")
+    parser.add_argument("--lean-coronary-fat-probability", type=float, default=0.0,
+                        help="Chance, per artery, of a thin soft-tissue sleeve instead of the 3.5 mm epicardial fat "
+                             "pad, so plaques sit in surroundings like real ones (COCA ROI plaques: 40 %% fat around "
+                             "them, default phantoms 89 %%). Default 0 (unchanged series); an experiment, not the "
+                             "default weights' data (docs/models.md, 'Why the real plaques are missed').")
     parser.add_argument("--transfer-syntax", default="explicit_le",
                         help="DICOM transfer syntax of the files: explicit_le (default, recommended), "
                              "implicit_le, deflated_le, or a lossless compressed one (rle, jpeg_ls, "
@@ -99,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
         console.print("[red]--series and --workers must be >= 1 and --seed >= 0[/red]")
         return 2
     cfg_kwargs = {"kind": args.kind, "matrix": args.matrix, "thickness_mm": args.thickness,
-                  "calcium_category": args.calcium_category, "ideal": args.ideal}
+                  "calcium_category": args.calcium_category, "ideal": args.ideal,
+                  "cartilage_foci_probability": args.cartilage_foci_probability,
+                  "lean_coronary_fat_probability": args.lean_coronary_fat_probability}
     try:
         config = PhantomConfig(**cfg_kwargs)
         from cacstream.training.dicom_writer import transfer_syntax_uid
