@@ -14,8 +14,6 @@ served on whole slices at ``preprocess.input_size``. The best epoch by validatio
 
 from __future__ import annotations
 
-import json
-
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +56,7 @@ from cacstream.training.runtime import (
     run_stage,
     write_json,
 )
+from cacstream.training.weights import CONFIG_FILE, SEGMENTER_KEY, WeightsError, load_weights
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -176,37 +175,32 @@ def build_unet(cfg: UNetConfig) -> UNet:
     return model
 
 
-def _exported_segmenter(folder: Path) -> tuple[str, dict, Path] | None:
-    """(arch, arch kwargs, weights file) of an exported weights folder's segmenter (``config.json`` with a
-    ``segmenter`` entry, as ``cacstream export`` writes and the repository ships), else None."""
-    try:
-        seg = json.loads((folder / "config.json").read_text())["segmenter"]
-        return str(seg["arch"]["name"]), dict(seg["arch"].get("kwargs", {})), folder / str(seg["weights"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def init_from_run(model: UNet, cfg: UNetConfig, run: Path) -> None:
     """Load a finished U-Net run's final model into ``model``; its arch must be ``cfg``'s.
 
-    ``run`` may also be an exported weights folder (e.g. ``engine/weights/default``): the shipped
-    segmenter (stored fp16) is cast to float32, so shipped weights can be fine-tuned when the run that
-    made them is gone."""
-    exported = _exported_segmenter(run)
-    if exported is not None:
-        arch, kwargs, weights = exported
-    else:
-        try:
-            rec = read_run_record(run, "unet")
-        except RunError as e:
+    ``run`` may also be an exported weights folder (e.g. ``engine/weights/default``), read by the one
+    weights reader (``training/weights.py``; fp16-stored tensors land in float32), so shipped weights can
+    be fine-tuned when the run that made them is gone."""
+    try:
+        rec = read_run_record(run, "unet")
+        arch, kwargs = rec["arch"], dict(rec.get("arch_kwargs", {}))
+        source: dict[str, torch.Tensor] | Path = run / rec.get("weights", MODEL_FILE)
+    except RunError as not_a_run:
+        if not (run / CONFIG_FILE).is_file():
             raise ValueError(f"init_from {run}: neither a finished `cacstream train unet` run nor an exported "
-                             f"weights folder ({e})") from None
-        arch, kwargs, weights = rec["arch"], dict(rec.get("arch_kwargs", {})), run / rec.get("weights", MODEL_FILE)
+                             f"weights folder ({not_a_run})") from None
+        try:
+            seg = load_weights(run, parts=(SEGMENTER_KEY,)).segmenter
+        except (WeightsError, OSError) as e:
+            raise ValueError(f"init_from {run}: neither a finished `cacstream train unet` run nor an exported "
+                             f"weights folder ({not_a_run}; {e})") from None
+        assert seg is not None
+        arch, kwargs = str(seg.config["arch"]["name"]), dict(seg.config["arch"].get("kwargs", {}))
+        source = seg.model.state_dict()
     if arch != cfg.arch or kwargs != dict(cfg.arch_kwargs):
         raise ValueError(f"init_from {run}: its arch {arch} {kwargs} differs from this config's {cfg.arch} {cfg.arch_kwargs}")
     try:
-        tensors = {k: v.float() for k, v in load_file(str(weights)).items()}
-        model.load_state_dict(tensors)
+        model.load_state_dict(load_file(str(source)) if isinstance(source, Path) else source)
     except (OSError, RuntimeError) as e:
         raise ValueError(f"init_from {run}: cannot load its model ({e})") from None
 
