@@ -119,7 +119,11 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
     from cacstream.engine.scoring.agatston import score_volume, scored_labels
 
     t0 = time.perf_counter()
-    p, patches = models.filter_decisions(hu, geometry.pixel_spacing_mm)
+    if getattr(models, "skeletal_gate", False):  # bone-sized calcium flags nothing (pipeline/skeletal_gate.py)
+        p, patches = models.filter_decisions(hu, geometry.pixel_spacing_mm,
+                                             exclude=models.skeletal_exclusion(hu, geometry))
+    else:
+        p, patches = models.filter_decisions(hu, geometry.pixel_spacing_mm)
     p = np.asarray(p, dtype=np.float64)
     flags = p >= models.filter_threshold
     labels = np.zeros(hu.shape, np.uint8)
@@ -241,9 +245,11 @@ def seen_seeds(weights_dir: Path, first: int, n: int) -> list[int]:
 
 
 def load_models(
-    weights_dir: Path, int8_dir: Path | None, batch_size: int = 16, threads: int = 0
+    weights_dir: Path, int8_dir: Path | None, batch_size: int = 16, threads: int = 0,
+    skeletal_gate_mm3: float | None = 2000.0,
 ) -> dict[str, Any]:
-    """FP32 and INT8 CalciumModels on ONNX Runtime CPU. INT8 files come from ``int8_dir`` when given
+    """FP32 and INT8 CalciumModels on ONNX Runtime CPU, with the engine's rules (candidate gate, regions,
+    the skeletal gate at ``skeletal_gate_mm3``, None: off). INT8 files come from ``int8_dir`` when given
     (``<stem>.int8.onnx`` there), else from the weights folder through the engine's own loader."""
     from cacstream.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
     from cacstream.engine.backends.select import BackendChoice
@@ -257,6 +263,7 @@ def load_models(
         batch_size=batch_size,
         device="cpu",
         threads=threads or None,
+        skeletal_gate_mm3=skeletal_gate_mm3,
     )
     if int8_dir is None or Path(int8_dir).resolve() == Path(weights_dir).resolve():
         int8 = CalciumModels.load(
@@ -266,6 +273,7 @@ def load_models(
             batch_size=batch_size,
             device="cpu",
             threads=threads or None,
+            skeletal_gate_mm3=skeletal_gate_mm3,
         )
     else:
         spec = read_weights_spec(weights_dir)
@@ -292,7 +300,13 @@ def load_models(
             be["filter"],
             be["segmenter"],
             BackendChoice("onnxruntime", "cpu", "int8", f"INT8 graphs from {int8_dir}"),
+            regions=fp32.regions,
         )
+        # the same rules as the FP32 arm, so the comparison is of the graphs alone
+        int8.candidate_rule = fp32.candidate_rule
+        int8.skeletal_gate_mm3 = fp32.skeletal_gate_mm3
+        int8._set_up_tiles({"batch_size": batch_size, "threads": threads or None, "engine_dir": Path(int8_dir),
+                            "build_engines": False, "cuda_graphs": False, "strict": True, "modules": {}})
     return {"fp32": fp32, "int8": int8}
 
 

@@ -109,3 +109,8 @@ class ScoreConfig:
     #: flagged patches, engine/inference/regions.py), "components" (those and the cores their calcium
     #: components reach) or "slice" (the whole slice, as in the paper).
     segment_regions: Literal["patches", "components", "slice"] = "patches"
+    #: The skeletal gate: with the candidate gate and the skeletal check on, calcium in a bone-sized 3D
+    #: component (``agatston.skeletal_component_mm3``) cannot make the slice filter flag a patch or a
+    #: slice; the scorer would exclude whatever the U-Net labelled there anyway. Decided once the series
+    #: is complete (``pipeline/skeletal_gate.py``). Off: the filter is gated per slice only.
+    skeletal_gate: bool = True

@@ -216,3 +216,21 @@ def test_tensorrt_check_catches_asymmetric_graphs(tmp_path: Path) -> None:
     assert any(
         "non-standard" in p for p in tensorrt_qdq_problems(graph(np.array(0, np.int8), "com.microsoft"))
     )
+
+
+def test_graphs_from_another_folder_are_evaluated_with_the_engines_rules(
+    quantized: tuple[Path, dict], weights: Path
+) -> None:
+    """`calibrate evaluate --int8 DIR`: the INT8 arm read from DIR runs under the same rules as the FP32
+    arm (segmentation regions with the tile model made from DIR's INT8 graph, candidate gate, skeletal
+    gate), so the comparison is of the graphs alone."""
+    from cacstream.calibration.evaluate import load_models
+
+    out, _ = quantized
+    m = load_models(weights, out, batch_size=4, threads=1)
+    fp32, int8 = m["fp32"], m["int8"]
+    assert int8.info.precision == "int8" and int8.filter_backend.facts["qdq_nodes"] > 0
+    assert fp32.tile_grid is not None and int8.tile_grid == fp32.tile_grid
+    assert int8.tile_backend.facts["qdq_nodes"] > 0  # the tile U-Net is DIR's INT8 graph, resized
+    assert int8.region_rule == fp32.region_rule
+    assert int8.skeletal_gate_mm3 == fp32.skeletal_gate_mm3 == 2000.0

@@ -161,9 +161,9 @@ def test_model_lesions_never_touch_bone_or_aortic_calcium(series, engines: Path,
 
 
 @pytest.mark.xfail(strict=True, reason="issue 4 acceptance not met by the shipped weights (v1.3, a 2-core CPU budget): "
-                   "held-out specificity 0.60 and risk-category accuracy 85 % against 0.90 / 90 %, 48 lesions on "
-                   "aortic / valve calcium against 0 (docs/models.md); strict, so it turns red the day retrained "
-                   "weights meet them")
+                   "held-out risk-category accuracy 85 % against 90 % and 48 lesions on aortic / valve calcium "
+                   "against 0 (the filter's 0.98 / 0.91 meets its targets since the skeletal gate; docs/models.md); "
+                   "strict, so it turns red the day retrained weights meet them")
 def test_shipped_weights_meet_the_held_out_acceptance() -> None:
     """The held-out evaluation recorded in the weights' config.json (``evaluate_default heldout
     --update-config``) against the issue's targets."""
@@ -173,3 +173,14 @@ def test_shipped_weights_meet_the_held_out_acceptance() -> None:
     assert f["sensitivity"] >= 0.95 and f["specificity"] >= 0.90
     assert m["risk_accuracy"] >= 0.90
     assert m["other_calcium"]["model_lesions_touching"] == 0
+
+
+def test_shipped_filter_meets_its_held_out_targets() -> None:
+    """The part of the acceptance the shipped weights do meet, as recorded by the held-out evaluation:
+    slice-filter sensitivity >= 0.95 and specificity >= 0.90 (since the skeletal gate; docs/models.md),
+    with the engine's default rules named in the record."""
+    cfg = json.loads((WEIGHTS / "config.json").read_text())
+    m = cfg["metrics"]["heldout_phantoms"]
+    f = m["slice_filter"]["all"]
+    assert m["series"] == 40 and f["sensitivity"] >= 0.95 and f["specificity"] >= 0.90, f
+    assert "skeletal gate" in m["segment_regions"]

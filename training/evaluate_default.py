@@ -189,13 +189,17 @@ def seen_heldout_seeds(weights: Path, first: int, n: int) -> list[int]:
 
 
 def load_runtime(weights: Path, backend: str = "auto", threads: int | None = None, regions: str = "patches",
-                 halo_px: int | None = None) -> Any:
-    """The engine's models as ``score`` loads them; ``halo_px`` None keeps RegionConfig's default context."""
+                 halo_px: int | None = None, skeletal_gate: bool = True) -> Any:
+    """The engine's models as ``score`` loads them (its default Agatston convention, so the skeletal gate
+    is on unless ``skeletal_gate`` is False); ``halo_px`` None keeps RegionConfig's default context."""
+    from cacstream.engine.config import AgatstonConfig
     from cacstream.engine.inference.regions import RegionConfig
     from cacstream.engine.inference.runtime import CalciumModels
 
     region = RegionConfig(mode=regions) if halo_px is None else RegionConfig(mode=regions, halo_px=halo_px)  # type: ignore[arg-type]
-    return CalciumModels.load(weights, backend=backend, batch_size=16, threads=threads, regions=region)
+    gate = AgatstonConfig().skeletal_component_mm3 if skeletal_gate else None
+    return CalciumModels.load(weights, backend=backend, batch_size=16, threads=threads, regions=region,
+                              skeletal_gate_mm3=gate)
 
 
 def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -680,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the U-Net sees of a flagged slice: patches (the engine's default): the cores "
                         "around the filter's flagged patches; components: those and the cores their calcium "
                         "components reach; slice: the whole slice (the paper). The last two for comparison.")
+    h.add_argument("--no-skeletal-gate", action="store_true",
+                   help="let bone-sized calcium flag slices (the engine's `score --no-skeletal-gate`), for comparison.")
     h.add_argument("--update-config", action="store_true", help="write the metrics into WEIGHTS/config.json.")
     h.add_argument("--quiet", action="store_true", help="no progress bar.")
     a = sub.add_parser("ablation", help="paper Table 6: linear filters on GLC 0 vs GLC 4 backbones.")
@@ -711,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args.out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        models = load_runtime(args.weights, args.backend, regions=args.segment_regions)
+        models = load_runtime(args.weights, args.backend, regions=args.segment_regions,
+                              skeletal_gate=not args.no_skeletal_gate)
         metrics, rows = evaluate_heldout(models, heldout_cases(args.first_seed, args.n, args.cache), args.n, args.quiet)
         coca_root = args.coca or Path(__file__).resolve().parents[2] / "shared" / "data" / "coca-sample"
         coca_rows = evaluate_coca(models, coca_root) if coca_root.is_dir() else []

@@ -86,7 +86,8 @@ def stage_profile(series_dir: Path, models: Any, agatston: Any, out_dir: Path) -
     st.ms["preprocess"] = _ms(t0)
     t0 = time.perf_counter()
     raw = models.infer(xf, "filter").logits
-    p, patches = models.decide(raw, hu, series.geometry.pixel_spacing_mm)  # candidate gate + regions, as the engine
+    exclude = models.skeletal_exclusion(hu, series.geometry)  # the skeletal gate, as the engine (None: off)
+    p, patches = models.decide(raw, hu, series.geometry.pixel_spacing_mm, exclude)  # candidate gate + regions
     flags = p >= models.filter_threshold
     st.ms["filter"] = _ms(t0)
     st.flagged = int(flags.sum())

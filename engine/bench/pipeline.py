@@ -177,8 +177,10 @@ def load_configs(
     batch_sizes: list[int],
     threads: int,
     short: bool,
+    skeletal_gate_mm3: float | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """(loaded configurations, skipped ones with the reason)."""
+    """(loaded configurations, skipped ones with the reason). ``skeletal_gate_mm3``: as `score` loads
+    the models (its Agatston config's skeletal limit: the skeletal gate), None: off."""
     from cacstream.engine.backends.base import BackendUnavailable
     from cacstream.engine.inference.runtime import CalciumModels
     from cacstream.engine.inference.weights_spec import WeightsFolderError
@@ -191,6 +193,7 @@ def load_configs(
             precision=precisions[0],
             batch_size=batch_sizes[0],
             threads=threads or None,
+            skeletal_gate_mm3=skeletal_gate_mm3,
         )
         return [
             {
@@ -205,7 +208,8 @@ def load_configs(
             for bs in batch_sizes:
                 try:
                     m = CalciumModels.load(
-                        weights, backend=be, precision=prec, batch_size=bs, threads=threads or None
+                        weights, backend=be, precision=prec, batch_size=bs, threads=threads or None,
+                        skeletal_gate_mm3=skeletal_gate_mm3,
                     )
                 except (BackendUnavailable, WeightsFolderError, ValueError) as e:
                     if bs == batch_sizes[0]:
@@ -414,7 +418,8 @@ def run(args: argparse.Namespace) -> int:
             dirs = make_phantom_series(work / "series", n_series, matrix, short)
             source = f"{n_series} cardiac-gated phantom(s), {matrix}², 3 mm, seeds 880000+"
         _log(args.quiet, f"benchmarking on {source}; weights {weights}")
-        configs, skipped = load_configs(weights, args.backends, precisions, batch_sizes, args.threads, short)
+        configs, skipped = load_configs(weights, args.backends, precisions, batch_sizes, args.threads, short,
+                                        agatston.skeletal_component_mm3)
         if not configs:
             print(
                 "cacstream bench pipeline: no configuration could load: "

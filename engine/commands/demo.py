@@ -56,7 +56,8 @@ def _resolve_mode(args: argparse.Namespace):
     if args.mode == "threshold":
         return ScoreConfig(mode="threshold"), None, None
     cfg = ScoreConfig(mode="model", weights_dir=args.weights, backend=args.backend,
-                      segment_regions=args.segment_regions)
+                      segment_regions=args.segment_regions,
+                      skeletal_gate=not getattr(args, "no_skeletal_gate", False))
     if getattr(args, "skeletal_component_mm3", None) is not None:  # bench stream's options
         cfg = dataclasses.replace(cfg, agatston=dataclasses.replace(
             cfg.agatston, skeletal_component_mm3=args.skeletal_component_mm3 or None))

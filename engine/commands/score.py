@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         decode_threads=args.threads,
         segment_regions=args.segment_regions,
+        skeletal_gate=not args.no_skeletal_gate,
     )
     from cacstream.engine.pipeline.outputs import OutputConfig
 

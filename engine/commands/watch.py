@@ -97,7 +97,8 @@ def score_config_from_args(args: argparse.Namespace):
     return ScoreConfig(mode=args.mode, agatston=agatston_config_from_args(args),
                        eligibility=eligibility_config_from_args(args), weights_dir=args.weights,
                        backend=args.backend, precision=args.precision, batch_size=args.batch_size,
-                       segment_regions=args.segment_regions)
+                       segment_regions=args.segment_regions,
+                       skeletal_gate=not getattr(args, "no_skeletal_gate", False))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

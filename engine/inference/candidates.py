@@ -75,9 +75,11 @@ class CandidateRule:
                    int(d.get("connectivity", 8)))
 
 
-def _candidate_components(hu2d: np.ndarray, pixel_area_mm2: float, rule: CandidateRule) -> tuple[np.ndarray, np.ndarray]:
+def _candidate_components(hu2d: np.ndarray, pixel_area_mm2: float, rule: CandidateRule,
+                          exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(labels (H, W) int32, keep (n + 1,) bool): the slice's 2D calcium components and which of them
-    reach ``rule.min_area_mm2`` (area = pixel count × pixel area in float64, as the scorer decides)."""
+    reach ``rule.min_area_mm2`` (area = pixel count × pixel area in float64, as the scorer decides) and
+    hold no pixel of ``exclude`` ((H, W) bool, e.g. the skeletal calcium: see :func:`skeletal_calcium`)."""
     hu = np.asarray(hu2d)
     if hu.ndim != 2:
         raise ValueError(f"expected one (H, W) slice, got shape {hu.shape}")
@@ -85,13 +87,20 @@ def _candidate_components(hu2d: np.ndarray, pixel_area_mm2: float, rule: Candida
     if n == 0:
         return labels, np.zeros(1, bool)
     keep = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64) * float(pixel_area_mm2) >= rule.min_area_mm2
+    if exclude is not None:
+        ex = np.asarray(exclude, dtype=bool)
+        if ex.shape != labels.shape:
+            raise ValueError(f"exclusion mask of shape {ex.shape} for a slice of shape {labels.shape}")
+        keep[np.unique(labels[ex])] = False
     keep[0] = False
     return labels, keep
 
 
-def candidate_pixels(hu2d: np.ndarray, pixel_area_mm2: float, rule: CandidateRule) -> np.ndarray:
-    """(H, W) bool: pixels of the 2D calcium components whose area reaches ``rule.min_area_mm2``."""
-    labels, keep = _candidate_components(hu2d, pixel_area_mm2, rule)
+def candidate_pixels(hu2d: np.ndarray, pixel_area_mm2: float, rule: CandidateRule,
+                     exclude: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: pixels of the 2D calcium components whose area reaches ``rule.min_area_mm2`` (and that
+    hold no pixel of ``exclude``)."""
+    labels, keep = _candidate_components(hu2d, pixel_area_mm2, rule, exclude)
     if not keep.any():
         return np.zeros(np.asarray(hu2d).shape, bool)
     return keep[labels]
@@ -134,21 +143,51 @@ def _as_slices(hu: np.ndarray) -> np.ndarray:
     return stack
 
 
+def skeletal_calcium(hu: np.ndarray, voxel_volume_mm3: float, max_component_mm3: float,
+                     threshold_hu: float = 130.0) -> np.ndarray:
+    """(N, H, W) bool: the calcium voxels of a whole series (HU slices in spatial order) whose 26-connected
+    3D component is larger than ``max_component_mm3``: the calcium the scorer's skeletal check excludes
+    (``scoring/skeleton.py``, the same labeller and union-find), so no candidate of the *skeletal gate*."""
+    from cacstream.engine.scoring.skeleton import large_component_masks
+
+    stack = _as_slices(hu)
+    n = stack.shape[0]
+    if n == 0:
+        return np.zeros(stack.shape, bool)
+    masks = large_component_masks(n, lambda z: stack[z] >= threshold_for(stack.dtype, threshold_hu),
+                                  voxel_volume_mm3, max_component_mm3, range(n))
+    return np.stack([masks[z] for z in range(n)])
+
+
+def _exclusion_slices(exclude: np.ndarray | None, stack: np.ndarray) -> np.ndarray | None:
+    """``exclude`` as (N, H, W) bool matching the slices, or None."""
+    if exclude is None:
+        return None
+    ex = np.asarray(exclude, dtype=bool)
+    if ex.ndim == 2:
+        ex = ex[None]
+    if ex.shape != stack.shape:
+        raise ValueError(f"exclusion masks of shape {ex.shape} for slices of shape {stack.shape}")
+    return ex
+
+
 def candidate_reach(hu: np.ndarray, pixel_spacing_mm: Sequence[float] | Sequence[Sequence[float]],
-                    served: int, grid: int, rule: CandidateRule) -> np.ndarray:
+                    served: int, grid: int, rule: CandidateRule, exclude: np.ndarray | None = None) -> np.ndarray:
     """(N, G², G²) bool for HU slices (N, H, W) or (H, W): ``reach[i, p, q]`` is True when one candidate
     component of slice ``i`` has pixels in both patch ``p`` and patch ``q`` (row-major patch indices).
 
     The diagonal is :func:`candidate_patches` (a patch reaches itself when it holds a candidate).
-    ``pixel_spacing_mm`` and ``served`` as for :func:`candidate_patches`."""
+    ``pixel_spacing_mm``, ``served`` and ``exclude`` as for :func:`candidate_patches`."""
     stack = _as_slices(hu)
     spacing = _per_slice_spacing(stack, pixel_spacing_mm)
+    ex = _exclusion_slices(exclude, stack)
     g2 = grid * grid
     out = np.zeros((stack.shape[0], g2, g2), bool)
     h, w = stack.shape[1:]
     rows, cols = _patch_of_pixel(h, served, grid), _patch_of_pixel(w, served, grid)
     for i in range(stack.shape[0]):
-        labels, keep = _candidate_components(stack[i], float(spacing[i, 0] * spacing[i, 1]), rule)
+        labels, keep = _candidate_components(stack[i], float(spacing[i, 0] * spacing[i, 1]), rule,
+                                             None if ex is None else ex[i])
         if not keep.any():
             continue
         ys, xs = np.nonzero(keep[labels])
@@ -160,16 +199,18 @@ def candidate_reach(hu: np.ndarray, pixel_spacing_mm: Sequence[float] | Sequence
 
 
 def candidate_patches(hu: np.ndarray, pixel_spacing_mm: Sequence[float] | Sequence[Sequence[float]],
-                      served: int, grid: int, rule: CandidateRule) -> np.ndarray:
+                      served: int, grid: int, rule: CandidateRule, exclude: np.ndarray | None = None) -> np.ndarray:
     """(N, grid, grid) bool for HU slices (N, H, W) or (H, W): the filter patches that hold a candidate.
 
     ``pixel_spacing_mm``: one (row, column) pair for every slice, or one pair per slice (a batch may mix
-    series). ``served``: the filter's input side (its patch grid covers the served slice)."""
+    series). ``served``: the filter's input side (its patch grid covers the served slice). ``exclude``:
+    (N, H, W) or (H, W) bool; a component holding any of its pixels is no candidate (the skeletal gate)."""
     stack = _as_slices(hu)
     spacing = _per_slice_spacing(stack, pixel_spacing_mm)
+    ex = _exclusion_slices(exclude, stack)
     out = np.zeros((stack.shape[0], grid, grid), bool)
     for i in range(stack.shape[0]):
-        cand = candidate_pixels(stack[i], float(spacing[i, 0] * spacing[i, 1]), rule)
+        cand = candidate_pixels(stack[i], float(spacing[i, 0] * spacing[i, 1]), rule, None if ex is None else ex[i])
         out[i] = pool_to_patches(cand, served, grid)
     return out
 

@@ -138,6 +138,10 @@ class CalciumModels:
     tile_backend: Backend | None = None
     #: The candidate gate in effect (``candidates.py``): None when the filter's patches are not gated.
     candidate_rule: CandidateRule | None = None
+    #: The skeletal gate: calcium in 3D components above this many mm³ is no candidate (the scoring
+    #: config's ``skeletal_component_mm3``, so the gate withdraws only what the scorer would exclude);
+    #: None: off. Needs the whole series (:meth:`skeletal_exclusion`).
+    skeletal_gate_mm3: float | None = None
 
     # ---------------------------------------------------------------------------------- loading
 
@@ -146,7 +150,8 @@ class CalciumModels:
              device: str | None = None, *, threads: int | None = None, engine_dir: Path | None = None,
              build_engines: bool = True, cuda_graphs: bool = True,
              regions: RegionConfig | None = None, candidate_gate: bool | None = None,
-             candidate_rule: CandidateRule | None = None) -> CalciumModels:
+             candidate_rule: CandidateRule | None = None,
+             skeletal_gate_mm3: float | None = None) -> CalciumModels:
         """Load both models of ``weights_dir`` on ``backend`` (auto: the fastest present, falling back
         in order when a model file for the precision is missing) at ``precision``.
 
@@ -158,10 +163,14 @@ class CalciumModels:
         candidate_gate: gate the filter's patches by calcium candidates (``candidates.py``); None: as
         the weights say (their threshold was chosen with or without it). candidate_rule: the lesion
         rule of the scoring config (default: the one the weights were trained with), so the gate
-        never hides calcium the scorer would count.
+        never hides calcium the scorer would count. skeletal_gate_mm3: the scoring config's
+        ``skeletal_component_mm3`` to withdraw bone-sized calcium from the candidates too (the skeletal
+        gate, :meth:`skeletal_exclusion`; needs the candidate gate), None: off.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if skeletal_gate_mm3 is not None and not skeletal_gate_mm3 > 0:
+            raise ValueError(f"skeletal_gate_mm3 must be > 0 mm³ or None, got {skeletal_gate_mm3}")
         spec = read_weights_spec(Path(weights_dir))
         gate = _gate_rule(spec, candidate_gate, candidate_rule)
         if backend == "auto":
@@ -191,6 +200,7 @@ class CalciumModels:
                 continue
             models = cls(spec, filt, seg, choice, notes, regions or RegionConfig())
             models.candidate_rule = gate
+            models.skeletal_gate_mm3 = None if skeletal_gate_mm3 is None else float(skeletal_gate_mm3)
             models._set_up_tiles({"batch_size": batch_size, "threads": threads, "engine_dir": engine_dir,
                                   "build_engines": build_engines, "cuda_graphs": cuda_graphs,
                                   "strict": backend != "auto", "modules": modules})
@@ -231,6 +241,9 @@ class CalciumModels:
             c = self.candidate_rule
             rule += (f"; filter patches gated by calcium candidates (>= {c.threshold_hu:g} HU, >= "
                      f"{c.min_area_mm2:g} mm², {c.connectivity}-connected)")
+        if self.skeletal_gate:
+            rule += (f"; calcium in 3D components above {self.skeletal_gate_mm3:g} mm³ (bone) flags no patch "
+                     "(skeletal gate, decided when the series is complete)")
         if self.completes_components:
             rule += "; grown to the whole calcium components of flagged patches"
         return rule
@@ -304,15 +317,34 @@ class CalciumModels:
         grid = self.spec.model("filter").config.get("output", {}).get("patch_grid")
         return int(grid[0]) if grid else None
 
-    def candidate_patches(self, hu_slices: Any, pixel_spacing_mm: Any) -> np.ndarray | None:
+    def candidate_patches(self, hu_slices: Any, pixel_spacing_mm: Any, exclude: Any = None) -> np.ndarray | None:
         """(N, G, G) bool: the filter patches that hold a calcium candidate, None when no gate is in
-        effect. ``pixel_spacing_mm``: one (row, column) pair or one per slice (required with a gate)."""
-        return self._per_candidate_rule(candidate_patches, hu_slices, pixel_spacing_mm)
+        effect. ``pixel_spacing_mm``: one (row, column) pair or one per slice (required with a gate).
+        ``exclude``: (N, H, W) bool calcium that is no candidate (the skeletal gate), or None."""
+        return self._per_candidate_rule(candidate_patches, hu_slices, pixel_spacing_mm, exclude)
 
-    def candidate_reach(self, hu_slices: Any, pixel_spacing_mm: Any) -> np.ndarray | None:
+    def candidate_reach(self, hu_slices: Any, pixel_spacing_mm: Any, exclude: Any = None) -> np.ndarray | None:
         """(N, G², G²) bool: which patches one candidate component spans (``candidates.candidate_reach``;
         its diagonal is :meth:`candidate_patches`), None when no gate is in effect."""
-        return self._per_candidate_rule(candidate_reach, hu_slices, pixel_spacing_mm)
+        return self._per_candidate_rule(candidate_reach, hu_slices, pixel_spacing_mm, exclude)
+
+    @property
+    def skeletal_gate(self) -> bool:
+        """Whether bone-sized calcium is withdrawn from the candidates (``skeletal_gate_mm3`` set and a
+        candidate gate in effect): see :meth:`skeletal_exclusion`."""
+        return self.skeletal_gate_mm3 is not None and self.candidate_rule is not None
+
+    def skeletal_exclusion(self, hu: Any, geometry: Any) -> np.ndarray | None:
+        """(N, H, W) bool for a whole series (slices in spatial order): the calcium in 3D components
+        larger than ``skeletal_gate_mm3``, which the scorer's skeletal check would exclude whatever the
+        U-Net labelled there; None without the skeletal gate. Pass it as ``exclude``."""
+        if not self.skeletal_gate:
+            return None
+        from cacstream.engine.inference.candidates import skeletal_calcium
+
+        assert self.candidate_rule is not None and self.skeletal_gate_mm3 is not None
+        return skeletal_calcium(_host(hu), float(geometry.voxel_volume_mm3), float(self.skeletal_gate_mm3),
+                                self.candidate_rule.threshold_hu)
 
     @property
     def completes_components(self) -> bool:
@@ -320,8 +352,9 @@ class CalciumModels:
         (region mode ``components`` with tiles and a candidate gate, ``regions.py``)."""
         return self.regions.mode == "components" and self.tile_grid is not None and self.candidate_rule is not None
 
-    def _per_candidate_rule(self, fn: Any, hu_slices: Any, pixel_spacing_mm: Any) -> np.ndarray | None:
-        """``fn(hu, spacing, served, grid, rule)`` over a stack or a list of slices of any sizes."""
+    def _per_candidate_rule(self, fn: Any, hu_slices: Any, pixel_spacing_mm: Any, exclude: Any = None,
+                            ) -> np.ndarray | None:
+        """``fn(hu, spacing, served, grid, rule, exclude)`` over a stack or a list of slices of any sizes."""
         if self.candidate_rule is None:
             return None
         if pixel_spacing_mm is None:
@@ -335,24 +368,26 @@ class CalciumModels:
             per = [spacing] * len(hu_slices) if spacing.shape == (2,) else list(spacing)
             if len(per) != len(hu_slices):
                 raise ValueError(f"{len(per)} pixel spacings for {len(hu_slices)} slices")
+            ex = [None] * len(hu_slices) if exclude is None else list(exclude)
             if not hu_slices:
                 return fn(np.zeros((0, 1, 1), np.float32), (1.0, 1.0), served, grid, self.candidate_rule)
-            return np.concatenate([fn(_host(h), sp, served, grid, self.candidate_rule)
-                                   for h, sp in zip(hu_slices, per)])
-        return fn(_host(hu_slices), pixel_spacing_mm, served, grid, self.candidate_rule)
+            return np.concatenate([fn(_host(h), sp, served, grid, self.candidate_rule, e)
+                                   for h, sp, e in zip(hu_slices, per, ex)])
+        return fn(_host(hu_slices), pixel_spacing_mm, served, grid, self.candidate_rule, exclude)
 
-    def decide(self, filter_logits: Any, hu_slices: Any, pixel_spacing_mm: Any = None,
+    def decide(self, filter_logits: Any, hu_slices: Any, pixel_spacing_mm: Any = None, exclude: Any = None,
                ) -> tuple[np.ndarray, np.ndarray | None]:
         """Served filter output of ``hu_slices`` → (probabilities (N,), segmentation regions (N, G, G)
         bool or None). The regions are the flagged patches, grown to the whole calcium components in
-        them when :attr:`completes_components` (so a lesion is never cut at a core border)."""
+        them when :attr:`completes_components` (so a lesion is never cut at a core border).
+        ``exclude``: calcium that cannot be a candidate ((N, H, W) bool; :meth:`skeletal_exclusion`)."""
         if self.completes_components:
-            reach = self.candidate_reach(hu_slices, pixel_spacing_mm)
+            reach = self.candidate_reach(hu_slices, pixel_spacing_mm, exclude)
             assert reach is not None
             cand = reach_diagonal(reach)
             flags = self.patch_flags(filter_logits, cand)
             return self.probabilities(filter_logits, cand), None if flags is None else complete_components(flags, reach)
-        cand = self.candidate_patches(hu_slices, pixel_spacing_mm)
+        cand = self.candidate_patches(hu_slices, pixel_spacing_mm, exclude)
         return self.probabilities(filter_logits, cand), self.patch_flags(filter_logits, cand)
 
     def probabilities(self, filter_logits: Any, candidates: np.ndarray | None = None) -> np.ndarray:
@@ -410,6 +445,10 @@ class CalciumModels:
         """Raw slice-filter logits (N,) float32 (for calibration / evaluation tools)."""
         return split_filter_logits(self._filter_result(hu_slices)[0])[0]
 
+    def filter_output(self, hu_slices: Any) -> np.ndarray:
+        """The served filter output (N,) or (N, 1 + G²) float32: what :meth:`decide` takes."""
+        return self._filter_result(hu_slices)[0]
+
     def _filter_result(self, hu_slices: Any) -> tuple[np.ndarray, float]:
         """The served filter output, (N,) or (N, 1 + G²) float32 (see ``regions.split_filter_logits``)."""
         from cacstream.engine.backends.base import to_numpy_f32
@@ -437,10 +476,11 @@ class CalciumModels:
         see :meth:`candidate_patches`; needed when the weights gate by candidates)."""
         return self.filter_decisions(hu_slices, pixel_spacing_mm)[0]
 
-    def filter_decisions(self, hu_slices: Any, pixel_spacing_mm: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def filter_decisions(self, hu_slices: Any, pixel_spacing_mm: Any = None, exclude: Any = None,
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N,), segmentation regions (N, G, G) or None) from one filter pass
         (see :meth:`decide`)."""
-        return self.decide(self._filter_result(hu_slices)[0], hu_slices, pixel_spacing_mm)
+        return self.decide(self._filter_result(hu_slices)[0], hu_slices, pixel_spacing_mm, exclude)
 
     def filter_flags(self, hu_slices: Any, pixel_spacing_mm: Any = None) -> np.ndarray:
         """Slices to segment: probability >= the weights' operating threshold, (N,) bool."""
@@ -470,16 +510,35 @@ class CalciumModels:
             assert self.tile_backend is not None
             res = self.tile_backend.infer(cut_tiles(x, plan, grid))
             served = paste_cores(self.labels_from_logits(res.logits, (grid.tile, grid.tile)), plan, n, grid)
-        if (grid.served, grid.served) == native:
-            return served
-        rows, cols = nearest_indices(grid.served, native[0]), nearest_indices(grid.served, native[1])
-        return np.ascontiguousarray(served[:, rows][:, :, cols])
+        return _served_to_native(served, grid.served, native)
+
+    def region_pixels(self, regions: np.ndarray, native_hw: tuple[int, int]) -> np.ndarray | None:
+        """(N, H, W) bool: the native pixels whose labels :meth:`segment` keeps for ``regions`` ((N, G, G)
+        flagged patches): the cores it segments. None without a tile grid (whole slices are segmented).
+        A core's labels come from its own tile only, so the labels of a smaller set of regions are the
+        labels of a larger set masked by this (what the skeletal gate uses at series completion)."""
+        grid = self.tile_grid
+        if grid is None:
+            return None
+        n = len(regions)
+        plan = plan_tiles([np.asarray(r) for r in regions], grid)
+        ones = np.ones((len(plan), grid.tile, grid.tile), np.uint8)
+        served = paste_cores(ones, plan, n, grid) if plan else np.zeros((n, grid.served, grid.served), np.uint8)
+        return _served_to_native(served, grid.served, (int(native_hw[0]), int(native_hw[1]))) > 0
 
     def close(self) -> None:
         self.filter_backend.close()
         self.segmenter_backend.close()
         if self.tile_backend is not None:
             self.tile_backend.close()
+
+
+def _served_to_native(served: np.ndarray, side: int, native: tuple[int, int]) -> np.ndarray:
+    """(N, side, side) → (N, H, W) by nearest-exact resampling (the labels' paste-back rule)."""
+    if (side, side) == native:
+        return served
+    rows, cols = nearest_indices(side, native[0]), nearest_indices(side, native[1])
+    return np.ascontiguousarray(served[:, rows][:, :, cols])
 
 
 def _host(hu: Any) -> np.ndarray:

@@ -156,7 +156,8 @@ def score_folder(
                 got = outcomes.pop(uid)
             try:
                 t_final = time.perf_counter()
-                score = finalize_series(series, got, mode=config.mode, agatston=config.agatston, model=model_info)
+                score = finalize_series(series, got, mode=config.mode, agatston=config.agatston, model=model_info,
+                                        skeletal_gate=models.gate_decider if models is not None else None)
                 from cacstream.engine.report.json_report import scored_report
 
                 report = scored_report(score.scored)

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cacstream.engine.config import AgatstonConfig
+from cacstream.engine.pipeline.skeletal_gate import GateDecider, apply_skeletal_gate
 from cacstream.engine.pipeline.stages import SliceOutcome, place_lesion
 from cacstream.engine.report.json_report import ModelInfo, ScoredSeries
 from cacstream.engine.scoring.agatston import label_slice, summarise
 from cacstream.engine.scoring.results import Lesion
 from cacstream.engine.scoring.skeleton import SKELETAL_REASON, large_component_masks
-from cacstream.engine.series.types import Geometry, Series
+from cacstream.engine.series.types import Series
 
 #: Stages whose per-slice times are summed into the report's ``timings_ms``.
 SLICE_STAGES: tuple[str, ...] = ("decode", "filter", "segment", "agatston")
@@ -59,25 +60,46 @@ def finalize_series(
     model: ModelInfo | None = None,
     timings_ms: Mapping[str, float] | None = None,
     report_version: int = 1,
+    skeletal_gate: GateDecider | None = None,
 ) -> SeriesScore:
     """Sum the per-slice outcomes of an eligible series into its :class:`ScoredSeries`.
+
+    ``skeletal_gate``: the models, when flagged slices are to be decided again without bone-sized
+    calcium (``pipeline/skeletal_gate.py``; model mode with the skeletal check on).
 
     Raises:
         SeriesFailed: a slice has no outcome or its outcome is an error (reason from the error).
     """
     t0 = time.perf_counter()
     g = series.geometry
-    lesions: list[Lesion] = []
-    label_maps: dict[int, np.ndarray] = {}
-    stage_ms = dict.fromkeys(SLICE_STAGES, 0.0)
-    flagged = 0
-    per_slice_excluded: list[tuple[Lesion, str]] = []  # by the claim rule, as each slice was scored
-    for i, header in enumerate(series.slices):
+    ordered: list[SliceOutcome] = []
+    for header in series.slices:
         outcome = outcomes.get(header.key)
         if outcome is None:
             raise SeriesFailed("internal_error", f"{header.path}: slice was never scored")
         if outcome.error is not None:
             raise SeriesFailed(*failure_of(outcome.error))
+        ordered.append(outcome)
+    warnings: list[str] = []
+    skeletal: dict[int, np.ndarray] | None = None  # the bone-sized calcium of the slices that need it
+    if mode == "model" and agatston.skeletal_component_mm3 is not None:
+        comps = [o.calcium_components for o in ordered]
+        need = [i for i, o in enumerate(ordered) if o.lesions or o.gate_evidence is not None]
+        if any(c is None for c in comps):
+            if any(o.lesions for o in ordered):
+                warnings.append("skeletal-calcium check skipped: a slice's calcium components were not kept")
+        elif need:
+            skeletal = large_component_masks(len(comps), None, g.voxel_volume_mm3,
+                                             float(agatston.skeletal_component_mm3), need,
+                                             components=comps.__getitem__, shape=(g.rows, g.columns))  # type: ignore[index]
+            if skeletal_gate is not None:
+                ordered = apply_skeletal_gate(ordered, skeletal, skeletal_gate, agatston)
+    lesions: list[Lesion] = []
+    label_maps: dict[int, np.ndarray] = {}
+    stage_ms = dict.fromkeys(SLICE_STAGES, 0.0)
+    flagged = 0
+    per_slice_excluded: list[tuple[Lesion, str]] = []  # by the claim rule, as each slice was scored
+    for i, outcome in enumerate(ordered):
         for stage, ms in outcome.timings_ms.items():
             stage_ms[stage] = stage_ms.get(stage, 0.0) + ms
         if outcome.flagged:
@@ -88,13 +110,8 @@ def finalize_series(
         if outcome.label_map is not None:
             label_maps[i] = outcome.label_map
     excluded: list[Lesion] = []
-    warnings: list[str] = []
-    if mode == "model" and agatston.skeletal_component_mm3 is not None and lesions:
-        comps = [outcomes[h.key].calcium_components for h in series.slices]
-        if any(c is None for c in comps):
-            warnings.append("skeletal-calcium check skipped: a slice's calcium components were not kept")
-        else:
-            lesions, excluded = split_skeletal_lesions(lesions, comps, label_maps, g, agatston)  # type: ignore[arg-type]
+    if skeletal is not None and lesions:
+        lesions, excluded = split_skeletal_lesions(lesions, skeletal, label_maps, agatston)
     result = summarise(lesions, g, agatston)
     result.config["calcium_mask"] = "whole_slice" if mode == "threshold" else "labels>0"
     result.excluded_lesions = per_slice_excluded + [(les, SKELETAL_REASON) for les in excluded]
@@ -116,30 +133,24 @@ def finalize_series(
 
 def split_skeletal_lesions(
     lesions: list[Lesion],
-    components: list[tuple[np.ndarray, np.ndarray, int]],
+    skeletal: dict[int, np.ndarray],
     label_maps: dict[int, np.ndarray],
-    geometry: Geometry,
     config: AgatstonConfig,
 ) -> tuple[list[Lesion], list[Lesion]]:
     """(kept, excluded) lesions of a completed series: a lesion is excluded when its calcium lies in a
     3D component larger than ``config.skeletal_component_mm3`` (engine/scoring/skeleton.py). The
     excluded lesions' pixels are removed from ``label_maps`` (so the SEG and key image show what counts).
 
-    ``components``: each slice's sparse calcium components (``skeleton.slice_components``), in series
-    order. A slice's lesions are the components of its label map in raster order (the same labeller and
-    connectivity made both), so component k is lesion k of that slice."""
-    rows, cols = geometry.rows, geometry.columns
+    ``skeletal``: for every slice index that holds a lesion, the mask of its calcium in such components
+    (``skeleton.large_component_masks``). A slice's lesions are the components of its label map in
+    raster order (the same labeller and connectivity made both), so component k is lesion k of that slice."""
     by_slice: dict[int, list[Lesion]] = {}
     for les in lesions:
         by_slice.setdefault(les.slice_index, []).append(les)
-
-    big = large_component_masks(len(components), None, geometry.voxel_volume_mm3,
-                                float(config.skeletal_component_mm3), by_slice,  # type: ignore[arg-type]
-                                components=components.__getitem__, shape=(rows, cols))
     kept: list[Lesion] = []
     excluded: list[Lesion] = []
     for z, group in by_slice.items():
-        if not big[z].any():
+        if not skeletal[z].any():
             kept.extend(group)
             continue
         lmap = label_maps[z]
@@ -148,7 +159,7 @@ def split_skeletal_lesions(
             raise RuntimeError(f"slice {z}: {n} lesion components in the label map, {len(group)} lesions")
         drop = np.zeros(n + 1, bool)
         for k, les in enumerate(group, start=1):
-            drop[k] = bool(np.any(big[z][lab == k]))
+            drop[k] = bool(np.any(skeletal[z][lab == k]))
             (excluded if drop[k] else kept).append(les)
         if drop.any():
             label_maps[z] = np.where(drop[lab], 0, lmap).astype(lmap.dtype)

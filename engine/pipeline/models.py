@@ -52,17 +52,43 @@ class ModelStages:
         """(probabilities (N,), each slice's flagged filter patches (G, G) bool or None) in one pass.
         ``pixel_spacings``: each slice's (row, column) spacing, for weights that gate the filter by
         calcium candidates (``inference/candidates.py``)."""
+        probs, regions, _ = self.filter_with_logits(hu_slices, pixel_spacings)
+        return probs, regions
+
+    def filter_with_logits(self, hu_slices: list[np.ndarray], pixel_spacings: list[tuple[float, float]] | None = None,
+                           ) -> tuple[np.ndarray, list[np.ndarray | None], list[np.ndarray | None]]:
+        """:meth:`filter` plus, under the skeletal gate, each slice's served filter output ((1 + G²,)
+        float32), which completion decides on again (``pipeline/skeletal_gate.py``); None otherwise."""
         out = np.zeros(len(hu_slices), dtype=np.float64)
         regions: list[np.ndarray | None] = [None] * len(hu_slices)
+        logits: list[np.ndarray | None] = [None] * len(hu_slices)
+        gate = self.skeletal_gate
         for idx in _by_shape(hu_slices).values():
             stack = np.stack([hu_slices[i] for i in idx]).astype(np.float32, copy=False)
             spacing = None if pixel_spacings is None else [pixel_spacings[i] for i in idx]
-            probs, flags = self.runtime.filter_decisions(stack, spacing)
+            if gate:
+                raw = np.asarray(self.runtime.filter_output(stack), np.float32)
+                probs, flags = self.runtime.decide(raw, stack, spacing)
+            else:
+                raw = None
+                probs, flags = self.runtime.filter_decisions(stack, spacing)
             out[idx] = np.asarray(probs, dtype=np.float64).reshape(-1)
-            if flags is not None:
-                for j, i in enumerate(idx):
+            for j, i in enumerate(idx):
+                if raw is not None:
+                    logits[i] = raw[j].reshape(-1).copy()
+                if flags is not None:
                     regions[i] = flags[j]
-        return out, regions
+        return out, regions, logits
+
+    @property
+    def skeletal_gate(self) -> bool:
+        """Whether flagged slices are decided again at series completion without bone-sized calcium."""
+        return bool(getattr(self.runtime, "skeletal_gate", False))
+
+    @property
+    def gate_decider(self) -> Any:
+        """The models as ``finalize_series(skeletal_gate=...)`` takes them; None without the gate."""
+        return self.runtime if self.skeletal_gate else None
 
     def segment(self, hu_slices: list[np.ndarray], regions: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """uint8 artery labels (0 background, 1..4) per slice, at each slice's own size. A slice with
@@ -98,7 +124,9 @@ def load_models(config: ScoreConfig) -> ModelStages:
 
     from cacstream.engine.inference.candidates import CandidateRule
 
+    skeletal = config.agatston.skeletal_component_mm3 if config.skeletal_gate else None
     runtime = CalciumModels.load(weights, backend=config.backend, precision=config.precision,
                                  batch_size=config.batch_size, regions=RegionConfig(mode=config.segment_regions),
-                                 candidate_rule=CandidateRule.from_agatston(config.agatston))
+                                 candidate_rule=CandidateRule.from_agatston(config.agatston),
+                                 skeletal_gate_mm3=skeletal)
     return ModelStages(runtime)

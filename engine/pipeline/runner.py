@@ -69,6 +69,7 @@ class _Item:
     flagged: bool | None = None
     probability: float | None = None
     regions: np.ndarray | None = None  # the filter's flagged patches (G, G), when it has patch logits
+    filter_logits: np.ndarray | None = None  # its served output, kept for the skeletal gate at completion
 
 
 class SlicePipeline:
@@ -214,7 +215,8 @@ class SlicePipeline:
                 continue
             t0 = time.perf_counter()
             try:
-                probs, regions = self.models.filter([it.hu for it in batch], [pixel_spacing(it.job.header) for it in batch])
+                probs, regions, logits = self.models.filter_with_logits(
+                    [it.hu for it in batch], [pixel_spacing(it.job.header) for it in batch])
             except Exception as exc:
                 for it in batch:
                     self._fail(it.job, exc, it.timings)
@@ -224,11 +226,13 @@ class SlicePipeline:
             with self._lock:
                 self.counts["filtered"] += len(batch)
                 self.batch_sizes.append(len(batch))
-            for it, p, reg in zip(batch, probs, regions):
+            gate = self.models.skeletal_gate
+            for it, p, reg, raw in zip(batch, probs, regions, logits):
                 it.timings["filter"] = share
                 it.probability = float(p)
                 it.regions = reg
                 it.flagged = bool(p >= threshold)
+                it.filter_logits = raw if gate and it.flagged else None
                 if it.flagged:
                     with self._lock:
                         self.counts["flagged"] += 1
@@ -266,8 +270,10 @@ class SlicePipeline:
                 continue
             assert isinstance(it, _Item)
             try:
+                kept = None if it.filter_logits is None else (it.filter_logits, it.regions)
                 outcome = score_slice(it.job, it.hu, it.labels, self.agatston, with_mask=self.config.with_masks,
-                                      flagged=it.flagged, probability=it.probability, timings_ms=it.timings)
+                                      flagged=it.flagged, probability=it.probability, timings_ms=it.timings,
+                                      filter_output=kept)
             except Exception as exc:
                 self._fail(it.job, exc, it.timings)
                 continue

@@ -39,4 +39,5 @@ def score_series(
         for h in series.slices:
             pipe.submit(SliceJob(series.uid, h))
     return finalize_series(series, outcomes, mode="model" if models is not None else "threshold",
-                           agatston=agatston, model=models.info if models is not None else None)
+                           agatston=agatston, model=models.info if models is not None else None,
+                           skeletal_gate=models.gate_decider if models is not None else None)

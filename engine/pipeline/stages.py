@@ -17,6 +17,7 @@ import numpy as np
 
 from cacstream.engine.config import AgatstonConfig
 from cacstream.engine.domain import ARTERY_LABEL
+from cacstream.engine.pipeline.skeletal_gate import GateEvidence
 from cacstream.engine.scoring.results import Lesion
 from cacstream.engine.series.types import SliceHeader
 
@@ -50,6 +51,8 @@ class SliceOutcome:
     mode for the 3D skeletal check at completion: labelled here, in parallel as slices arrive, so that
     completion only joins them. ``excluded``: lesions a per-slice model-mode rule took out (the claim
     rule, engine/scoring/claims.py), each with its reason, for the report's ``excluded_lesions``.
+    ``gate_evidence``: what a flagged slice keeps for the skeletal gate at completion (the filter's
+    output, its regions and the calcium pixels' HU and U-Net labels; ``pipeline/skeletal_gate.py``).
     """
 
     job: SliceJob
@@ -61,6 +64,7 @@ class SliceOutcome:
     timings_ms: dict[str, float] = field(default_factory=dict)
     calcium_components: tuple[np.ndarray, np.ndarray, int] | None = None
     excluded: list[tuple[Lesion, str]] = field(default_factory=list)
+    gate_evidence: GateEvidence | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -133,11 +137,16 @@ def score_slice(
     flagged: bool | None = None,
     probability: float | None = None,
     timings_ms: dict[str, float] | None = None,
+    filter_output: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> SliceOutcome:
-    """The Agatston stage of one plane: lesions (+ their label map when ``with_mask``)."""
+    """The Agatston stage of one plane: lesions (+ their label map when ``with_mask``).
+
+    ``filter_output``: (served filter logits, flagged patches or None) of a flagged slice under the
+    skeletal gate; the outcome then keeps the :class:`GateEvidence` completion decides on again."""
     t0 = time.perf_counter()
     timings = dict(timings_ms or {})
     excluded: list[tuple[Lesion, str]] = []
+    labels_in = labels2d  # the U-Net's labels as they came, before the claim rule
     skeletal_check = labels2d is not None and config.skeletal_component_mm3 is not None
     claim_rule = labels2d is not None and config.min_claimed_share is not None
     calcium: tuple[np.ndarray, int] | None = None  # the plane's 8-connected calcium components, labelled once
@@ -158,14 +167,19 @@ def score_slice(
     # the skeletal check at completion finds each lesion's pixels through its label map
     label_map = lesion_label_map(hu2d, labels2d, lesions, job.header, config) if with_mask or skeletal_check else None
     comps = None
+    evidence = None
     if skeletal_check:
         from cacstream.engine.scoring.skeleton import sparse_components
 
         assert calcium is not None
         comps = sparse_components(*calcium)
+        if filter_output is not None and labels_in is not None:
+            evidence = GateEvidence.of(filter_output[0], filter_output[1], hu2d, labels_in, comps[0],
+                                       pixel_spacing(job.header))
     timings["agatston"] = timings.get("agatston", 0.0) + (time.perf_counter() - t0) * 1e3
     return SliceOutcome(job=job, lesions=lesions, label_map=label_map, flagged=flagged,
-                        probability=probability, timings_ms=timings, calcium_components=comps, excluded=excluded)
+                        probability=probability, timings_ms=timings, calcium_components=comps, excluded=excluded,
+                        gate_evidence=evidence)
 
 
 def place_lesion(lesion: Lesion, slice_index: int, z_mm: float, voxel_depth_mm: float) -> Lesion:

@@ -500,7 +500,8 @@ class StreamEngine:
         else:
             try:
                 score = finalize_series(verdict, outcomes, mode=self.mode, agatston=cfg.agatston,
-                                        model=self.model_info, timings_ms=timings, report_version=version)
+                                        model=self.model_info, timings_ms=timings, report_version=version,
+                                        skeletal_gate=self.models.gate_decider if self.models is not None else None)
                 report = scored_report(score.scored)
             except SeriesFailed as f:
                 report = rejected_report(uid, f.reason, f.message, n_files=len(files), slices_total=len(headers),
