@@ -33,6 +33,11 @@ class AgatstonConfig:
             something else (aortic wall, valve, bone): its lesion is excluded and listed with the
             reason. None keeps every lesion. 0.75 by default: true coronary lesions measured ≥ 81 %
             claimed, a quarter of the false ones < 80 % (engine/scoring/claims.py).
+        min_bone_distance_mm: with artery labels (model mode) and the skeletal check on, a lesion with
+            a pixel closer than this (3D, mm) to calcium of a bone-sized component is chest-wall or
+            spinal calcium, not coronary: it is excluded and listed with the reason. None keeps it. 8 mm
+            by default: true coronary lesions measured >= 20 mm from the skeleton on the COCA scans and
+            >= 10 mm on the phantoms (engine/scoring/juxta_skeletal.py).
     """
 
     threshold_hu: float = 130.0
@@ -44,8 +49,11 @@ class AgatstonConfig:
     mass_calibration_mg_per_hu_cm3: float | None = None
     skeletal_component_mm3: float | None = 2000.0
     min_claimed_share: float | None = 0.75
+    min_bone_distance_mm: float | None = 8.0
 
     def __post_init__(self) -> None:
+        if self.min_bone_distance_mm is not None and not self.min_bone_distance_mm > 0:
+            raise ValueError(f"min_bone_distance_mm must be > 0 or None, got {self.min_bone_distance_mm}")
         if self.min_claimed_share is not None and not 0.0 < self.min_claimed_share <= 1.0:
             raise ValueError(f"min_claimed_share must be in (0, 1] or None, got {self.min_claimed_share}")
         if self.skeletal_component_mm3 is not None and not self.skeletal_component_mm3 > 0:
@@ -61,9 +69,15 @@ class AgatstonConfig:
             raise ValueError("reference_thickness_mm must be > 0")
 
     def for_reference_labels(self) -> AgatstonConfig:
-        """This convention with the model-mode lesion rules off (skeletal check, claim rule): reference
-        labels (COCA ROIs, phantom truth) are scored as they are drawn."""
-        return dataclasses.replace(self, skeletal_component_mm3=None, min_claimed_share=None)
+        """This convention with the model-mode lesion rules off (skeletal check, claim rule, bone distance):
+        reference labels (COCA ROIs, phantom truth) are scored as they are drawn."""
+        return dataclasses.replace(self, skeletal_component_mm3=None, min_claimed_share=None,
+                                   min_bone_distance_mm=None)
+
+    @property
+    def juxta_skeletal_rule(self) -> bool:
+        """Whether lesions beside bone are excluded (needs the skeletal check's notion of bone)."""
+        return self.min_bone_distance_mm is not None and self.skeletal_component_mm3 is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for the report."""

@@ -56,6 +56,11 @@ def reference(hu, labels, geo: Geometry, cfg: AgatstonConfig):
         lab3, _ = ndimage.label(hu.astype(np.float64) >= cfg.threshold_hu, structure=np.ones((3, 3, 3)))
         vol3 = np.bincount(lab3.ravel()) * pixel_area * geo.slice_increment_mm
     claim = labels is not None and cfg.min_claimed_share is not None
+    near_bone = skeletal and cfg.min_bone_distance_mm is not None
+    if near_bone:  # 3D distance (mm) of every voxel to the bone-sized calcium, by scipy over the whole volume
+        bone = (lab3 > 0) & (vol3[lab3] > cfg.skeletal_component_mm3)
+        gap = (ndimage.distance_transform_edt(~bone, sampling=(geo.slice_increment_mm, *geo.pixel_spacing_mm))
+               if bone.any() else np.full(hu.shape, np.inf))
     for s in range(hu.shape[0]):
         h = hu[s].astype(np.float64)
         mask = h >= cfg.threshold_hu
@@ -79,6 +84,8 @@ def reference(hu, labels, geo: Geometry, cfg: AgatstonConfig):
                 continue
             if skeletal and vol3[lab3[s][sel][0]] > cfg.skeletal_component_mm3:
                 continue  # bone-sized component: excluded
+            if near_bone and gap[s][sel].min() < cfg.min_bone_distance_mm:
+                continue  # beside bone: excluded
             peak = float(h[sel].max())
             w = ref_weight(peak, cfg.weight_thresholds_hu)
             artery = None
@@ -234,6 +241,8 @@ def cases(draw):
         skeletal_component_mm3=draw(st.sampled_from([2000.0, None, 1.0, 5.0, 20.0])),
         # the claim rule: the default, off, a majority, and "all of it"
         min_claimed_share=draw(st.sampled_from([0.75, None, 0.5, 1.0])),
+        # the bone-distance rule: the default, off, and distances of about a pixel and a few
+        min_bone_distance_mm=draw(st.sampled_from([8.0, None, 0.6, 2.0])),
     )
     return hu, labels, geometry(hu.shape, spacing, thickness, increment), cfg
 

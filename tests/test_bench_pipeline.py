@@ -27,15 +27,16 @@ def test_naive_agatston_equals_the_engine_on_the_same_labels() -> None:
     g = case.geometry
     cfg = AgatstonConfig()
     ref = score_volume(case.hu, g, case.labels, cfg).agatston_total
+    spacing = (g.slice_increment_mm, *g.pixel_spacing_mm)
     ours = _agatston_scipy(case.hu, case.labels, g.pixel_area_mm2, g.effective_thickness_mm / 3.0, cfg,
-                           g.voxel_volume_mm3)
+                           g.voxel_volume_mm3, spacing)
     assert ref > 0 and ours == pytest.approx(ref, rel=1e-9)
     # labels on everything >= 130 HU (bone included): both drop the skeleton's calcium the same way
     everything = np.where(case.hu >= 130, 1, 0).astype(np.uint8)
     ref_all = score_volume(case.hu, g, everything, cfg)
     assert ref_all.excluded_lesions  # the phantom's bone is excluded
     ours_all = _agatston_scipy(case.hu, everything, g.pixel_area_mm2, g.effective_thickness_mm / 3.0, cfg,
-                               g.voxel_volume_mm3)
+                               g.voxel_volume_mm3, spacing)
     assert ours_all == pytest.approx(ref_all.agatston_total, rel=1e-9)
 
 

@@ -85,3 +85,26 @@ def test_header_names_every_exclusion_reason_with_its_count_and_score() -> None:
                                       "bone (skeletal check): 1 lesions, Agatston 20.0")
     assert exclusion_note({"excluded_lesions": []}) == ""
     assert "novel: 1 lesions" in exclusion_note({"excluded_lesions": [{"score": 1.0, "reason": "novel"}]})
+
+
+def test_a_long_exclusion_note_wraps_instead_of_running_off_the_image() -> None:
+    """Three reasons no longer fit one line of a one-panel image: the note wraps at its "; " and spaces,
+    every line fits the width, nothing is dropped, and the header grows by the extra lines."""
+    from PIL import ImageFont
+
+    from cacstream.engine.report.key_image import _wrap, exclusion_note
+
+    excluded = [{"score": 329.1, "reason": "partial_claim"}, {"score": 2.5, "reason": "skeletal"},
+                {"score": 1.6, "reason": "juxta_skeletal"}]
+    note = exclusion_note({"agatston_config": {"thickness_factor": 1.0}, "excluded_lesions": excluded}).strip()
+    assert "beside bone (bone-distance rule): 1 lesions, Agatston 1.6" in note
+    font = ImageFont.load_default(size=13)
+    lines = _wrap(note, font, 400)
+    assert len(lines) > 1 and all(font.getlength(line) <= 400 for line in lines)
+    assert " ".join(lines).split() == note.split()
+    assert _wrap("", font, 400) == []
+    rep = _report()
+    plain = Image.open(io.BytesIO(render_key_image(rep, {}, {}, [])))
+    rep["excluded_lesions"] = [dict(x, slice_index=0) for x in excluded]
+    noted = Image.open(io.BytesIO(render_key_image(rep, {}, {}, [])))
+    assert noted.size[1] >= plain.size[1] + 17 * len(_wrap(note, font, noted.size[0] - 24))

@@ -249,6 +249,7 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
                 "model_lesions_touching_other": ov["lesions_touching_other"],
                 "model_lesions_excluded_skeletal": res.excluded_by_reason.get("skeletal", 0),
                 "model_lesions_excluded_claim": res.excluded_by_reason.get("partial_claim", 0),
+                "model_lesions_excluded_beside_bone": res.excluded_by_reason.get("juxta_skeletal", 0),
                 "model_agatston_inside_other": ov["agatston_share_inside_other"],
                 "seconds": round(res.seconds, 3),
             })
@@ -279,11 +280,13 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
             "series_with_touching_lesion": sum(r["model_lesions_touching_other"] > 0 for r in rows),
             "model_lesions_excluded_skeletal": int(sum(r["model_lesions_excluded_skeletal"] for r in rows)),
             "model_lesions_excluded_claim": int(sum(r["model_lesions_excluded_claim"] for r in rows)),
+            "model_lesions_excluded_beside_bone": int(sum(r["model_lesions_excluded_beside_bone"] for r in rows)),
         },
         "seconds_per_series_median": float(np.median([r["seconds"] for r in rows])) if rows else None,
         "segment_regions": getattr(models, "region_rule", None),
         # the model-mode lesion rules these figures were measured with (a report carries the same values)
-        "lesion_rules": {"min_claimed_share": cfg.min_claimed_share, "skeletal_component_mm3": cfg.skeletal_component_mm3},
+        "lesion_rules": {"min_claimed_share": cfg.min_claimed_share, "skeletal_component_mm3": cfg.skeletal_component_mm3,
+                         "min_bone_distance_mm": cfg.min_bone_distance_mm},
     }
     return metrics, rows
 
@@ -437,6 +440,8 @@ def heldout_markdown(metrics: dict[str, Any], command: str) -> str:
         f"{oc.get('model_lesions_excluded_skeletal', 0)} |",
         f"| model lesions excluded by the claim rule (calcium the U-Net split; not counted, listed in reports) | "
         f"{oc.get('model_lesions_excluded_claim', 0)} |",
+        f"| model lesions excluded by the bone-distance rule (chest-wall calcium; not counted, listed in reports) | "
+        f"{oc.get('model_lesions_excluded_beside_bone', 0)} |",
         f"| median engine-path seconds per series | {metrics['seconds_per_series_median']:.1f} |",
     ]
     return "\n".join(lines)

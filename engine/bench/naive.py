@@ -54,13 +54,15 @@ class NaiveModels:
 
 def _agatston_scipy(
     hu: np.ndarray, labels: np.ndarray, pixel_area: float, factor: float, cfg: AgatstonConfig,
-    voxel_mm3: float | None = None,
+    voxel_mm3: float | None = None, spacing_mm: tuple[float, float, float] | None = None,
 ) -> float:
     """Per slice: scipy.ndimage.label of (HU ≥ threshold & label > 0), area ≥ min, weight by peak HU.
     First, as the engine does: with the claim rule configured, the labels of 2D calcium components
     claimed below ``cfg.min_claimed_share`` are dropped; then, with ``voxel_mm3`` and the skeletal check
     configured, the calcium of 3D components (scipy, 26-connected) larger than
-    ``cfg.skeletal_component_mm3``."""
+    ``cfg.skeletal_component_mm3``; then, with ``spacing_mm`` (slice increment, row, column) and the
+    bone-distance rule configured, every lesion closer than ``cfg.min_bone_distance_mm`` to that calcium
+    (scipy's distance transform over the whole volume)."""
     from scipy import ndimage
 
     structure = np.ones((3, 3), bool) if cfg.connectivity == 8 else None
@@ -80,6 +82,16 @@ def _agatston_scipy(
         big = np.bincount(lab3.ravel()) * voxel_mm3 > cfg.skeletal_component_mm3
         big[0] = False
         labels = np.where(big[lab3], 0, labels)
+        bone = big[lab3]
+        near = None
+        if spacing_mm is not None and cfg.min_bone_distance_mm is not None and bone.any():
+            near = ndimage.distance_transform_edt(~bone, sampling=spacing_mm) < cfg.min_bone_distance_mm
+        if near is not None:
+            labels = np.array(labels, copy=True)
+            for k in np.nonzero(near.any(axis=(1, 2)))[0]:
+                lab, _ = ndimage.label((hu[k] >= cfg.threshold_hu) & (labels[k] > 0), structure=structure)
+                close = np.unique(lab[near[k] & (lab > 0)])
+                labels[k][np.isin(lab, close[close > 0])] = 0
     t = cfg.weight_thresholds_hu
     total = 0.0
     for k in range(hu.shape[0]):
@@ -137,6 +149,7 @@ def score_naive(files: list[Path], models: NaiveModels, cfg: AgatstonConfig | No
             del p
     t0 = time.perf_counter()
     total = _agatston_scipy(hu_vol, labels, ps[0] * ps[1], eff / cfg.reference_thickness_mm, cfg,
-                            voxel_mm3=ps[0] * ps[1] * abs(increment))
+                            voxel_mm3=ps[0] * ps[1] * abs(increment),
+                            spacing_mm=(abs(increment), float(ps[0]), float(ps[1])))
     st["agatston"] = (time.perf_counter() - t0) * 1e3
     return NaiveResult(total, int(hu_vol.shape[0]), st, (time.perf_counter() - t_all) * 1e3)

@@ -64,6 +64,9 @@ def _resolve_mode(args: argparse.Namespace):
     if getattr(args, "min_claimed_share", None) is not None:
         cfg = dataclasses.replace(cfg, agatston=dataclasses.replace(
             cfg.agatston, min_claimed_share=args.min_claimed_share or None))
+    if getattr(args, "min_bone_distance_mm", None) is not None:
+        cfg = dataclasses.replace(cfg, agatston=dataclasses.replace(
+            cfg.agatston, min_bone_distance_mm=args.min_bone_distance_mm or None))
     try:
         return cfg, load_models(cfg), None
     except ModelsUnavailable as exc:

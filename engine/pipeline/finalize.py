@@ -8,7 +8,7 @@ and the per-artery sums.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,8 +19,9 @@ from cacstream.engine.pipeline.stages import SliceOutcome, place_lesion
 from cacstream.engine.report.json_report import ModelInfo, ScoredSeries
 from cacstream.engine.scoring.agatston import label_slice, summarise
 from cacstream.engine.scoring.results import Lesion
+from cacstream.engine.scoring.juxta_skeletal import JUXTA_REASON, near_skeleton, slabs
 from cacstream.engine.scoring.skeleton import SKELETAL_REASON, large_component_masks
-from cacstream.engine.series.types import Series
+from cacstream.engine.series.types import Geometry, Series
 
 #: Stages whose per-slice times are summed into the report's ``timings_ms``.
 SLICE_STAGES: tuple[str, ...] = ("decode", "filter", "segment", "agatston")
@@ -85,6 +86,8 @@ def finalize_series(
     if mode == "model" and agatston.skeletal_component_mm3 is not None:
         comps = [o.calcium_components for o in ordered]
         need = [i for i, o in enumerate(ordered) if o.lesions or o.gate_evidence is not None]
+        if agatston.juxta_skeletal_rule:  # the slices beside a lesion that can hold bone too close to it
+            need = slabs(need, len(ordered), g.slice_increment_mm, float(agatston.min_bone_distance_mm))  # type: ignore[arg-type]
         if any(c is None for c in comps):
             if any(o.lesions for o in ordered):
                 warnings.append("skeletal-calcium check skipped: a slice's calcium components were not kept")
@@ -110,11 +113,15 @@ def finalize_series(
         if outcome.label_map is not None:
             label_maps[i] = outcome.label_map
     excluded: list[Lesion] = []
+    near: list[Lesion] = []
     if skeletal is not None and lesions:
         lesions, excluded = split_skeletal_lesions(lesions, skeletal, label_maps, agatston)
+        if agatston.juxta_skeletal_rule and lesions:
+            lesions, near = split_juxta_skeletal_lesions(lesions, skeletal, label_maps, g, agatston)
     result = summarise(lesions, g, agatston)
     result.config["calcium_mask"] = "whole_slice" if mode == "threshold" else "labels>0"
-    result.excluded_lesions = per_slice_excluded + [(les, SKELETAL_REASON) for les in excluded]
+    result.excluded_lesions = (per_slice_excluded + [(les, SKELETAL_REASON) for les in excluded]
+                               + [(les, JUXTA_REASON) for les in near])
     timings = {k: v for k, v in stage_ms.items() if v > 0 or k in ("decode", "agatston")}
     timings.update(dict(timings_ms or {}))
     timings["summarise"] = (time.perf_counter() - t0) * 1e3
@@ -142,24 +149,56 @@ def split_skeletal_lesions(
     excluded lesions' pixels are removed from ``label_maps`` (so the SEG and key image show what counts).
 
     ``skeletal``: for every slice index that holds a lesion, the mask of its calcium in such components
-    (``skeleton.large_component_masks``). A slice's lesions are the components of its label map in
-    raster order (the same labeller and connectivity made both), so component k is lesion k of that slice."""
+    (``skeleton.large_component_masks``)."""
+    def inside(z: int, lab: np.ndarray, n: int) -> np.ndarray:
+        hit = np.zeros(n + 1, bool)
+        if skeletal[z].any():
+            hit[np.unique(lab[skeletal[z]])] = True
+            hit[0] = False
+        return hit
+
+    return _split_lesions(lesions, label_maps, config, inside)
+
+
+def split_juxta_skeletal_lesions(
+    lesions: list[Lesion],
+    skeletal: dict[int, np.ndarray],
+    label_maps: dict[int, np.ndarray],
+    geometry: Geometry,
+    config: AgatstonConfig,
+) -> tuple[list[Lesion], list[Lesion]]:
+    """(kept, excluded) lesions: a lesion closer than ``config.min_bone_distance_mm`` to skeletal calcium
+    is excluded (engine/scoring/juxta_skeletal.py), its pixels removed from ``label_maps``. ``skeletal``
+    holds the masks of every slice within that distance of a lesion (``juxta_skeletal.slabs``)."""
+    spacing = (float(geometry.slice_increment_mm), *(float(v) for v in geometry.pixel_spacing_mm))
+
+    def near(z: int, lab: np.ndarray, n: int) -> np.ndarray:
+        return near_skeleton(lab, n, z, skeletal, spacing, float(config.min_bone_distance_mm))  # type: ignore[arg-type]
+
+    return _split_lesions(lesions, label_maps, config, near)
+
+
+def _split_lesions(
+    lesions: list[Lesion],
+    label_maps: dict[int, np.ndarray],
+    config: AgatstonConfig,
+    excluded_of: Callable[[int, np.ndarray, int], np.ndarray],
+) -> tuple[list[Lesion], list[Lesion]]:
+    """(kept, excluded) by ``excluded_of(slice index, lesion components, n) -> (n + 1,) bool``. A slice's
+    lesions are the components of its label map in raster order (the same labeller and connectivity
+    made both), so component k is lesion k of that slice; excluded pixels leave ``label_maps``."""
     by_slice: dict[int, list[Lesion]] = {}
     for les in lesions:
         by_slice.setdefault(les.slice_index, []).append(les)
     kept: list[Lesion] = []
     excluded: list[Lesion] = []
     for z, group in by_slice.items():
-        if not skeletal[z].any():
-            kept.extend(group)
-            continue
         lmap = label_maps[z]
         lab, n = label_slice(lmap > 0, config.connectivity)
         if n != len(group):
             raise RuntimeError(f"slice {z}: {n} lesion components in the label map, {len(group)} lesions")
-        drop = np.zeros(n + 1, bool)
+        drop = excluded_of(z, lab, n)
         for k, les in enumerate(group, start=1):
-            drop[k] = bool(np.any(skeletal[z][lab == k]))
             (excluded if drop[k] else kept).append(les)
         if drop.any():
             label_maps[z] = np.where(drop[lab], 0, lmap).astype(lmap.dtype)

@@ -24,7 +24,8 @@ WINDOW_HU = (-300.0, 900.0)
 #: Each panel is scaled to this many pixels on its longer side (nearest neighbour: pixels stay visible).
 PANEL_PX = 384
 #: How the header names each reason of ``excluded_lesions`` (any other reason is shown as it is).
-EXCLUSION_WORDS = {"skeletal": "bone (skeletal check)", "partial_claim": "split calcium (claim rule)"}
+EXCLUSION_WORDS = {"skeletal": "bone (skeletal check)", "partial_claim": "split calcium (claim rule)",
+                   "juxta_skeletal": "beside bone (bone-distance rule)"}
 _BG = (16, 16, 16)
 _FG = (235, 235, 235)
 
@@ -76,6 +77,23 @@ def exclusion_note(report: dict[str, Any]) -> str:
     return "    excluded, not counted: " + "; ".join(parts)
 
 
+def _wrap(text: str, font: Any, width: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels in ``font`` (a single word
+    wider than that keeps a line of its own)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if line and font.getlength(candidate) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    if line:
+        lines.append(line)
+    return lines
+
+
 def _z(report: dict[str, Any], index: int) -> float:
     for les in report.get("lesions", []):
         if int(les["slice_index"]) == index:
@@ -106,6 +124,8 @@ def render_key_image(
         panels.append((i, img))
     pad, head, cap, foot = 12, 64, 40, 40
     width = max(PANEL_PX + 2 * pad, sum(p.width for _, p in panels) + pad * (len(panels) + 1))
+    note_lines = _wrap(exclusion_note(report).strip(), small, width - 2 * pad)
+    head += 17 * len(note_lines)
     height = head + cap + (max((p.height for _, p in panels), default=120)) + foot + pad
     canvas = Image.new("RGB", (width, height), _BG)
     draw = ImageDraw.Draw(canvas)
@@ -116,8 +136,9 @@ def render_key_image(
     per_artery = report.get("agatston_per_artery") or {}
     if report.get("mode") == "model":
         draw.text((pad, 30), "   ".join(f"{a} {per_artery.get(a, 0.0):.1f}" for a in ARTERIES), fill=_FG, font=font)
-    note = exclusion_note(report)
-    draw.text((pad, 48), f"series …{uid[-40:]}{note}", fill=(160, 160, 160), font=small)
+    draw.text((pad, 48), f"series …{uid[-40:]}", fill=(160, 160, 160), font=small)
+    for k, line in enumerate(note_lines):  # every reason in full, however many (a reader must see them)
+        draw.text((pad, 66 + 17 * k), line, fill=(160, 160, 160), font=small)
     x = pad
     for i, img in panels:
         draw.text((x, head + 2), f"slice {i + 1}/{n_slices}   z {_z(report, i):.1f} mm", fill=_FG, font=small)

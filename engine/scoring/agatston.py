@@ -28,7 +28,7 @@ The convention (DESIGN.md, every knob in :class:`~cacstream.engine.config.Agatst
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from cacstream.engine.scoring.ccl import (
     warmup,
 )
 from cacstream.engine.scoring.claims import CLAIM_REASON, split_partial_claims_volume
+from cacstream.engine.scoring.juxta_skeletal import JUXTA_REASON
 from cacstream.engine.scoring.results import AgatstonResult, Lesion
 from cacstream.engine.scoring.skeleton import SKELETAL_REASON, large_component_masks
 from cacstream.engine.series.types import Geometry
@@ -53,6 +54,7 @@ __all__ = [
     "score_volume",
     "scored_labels",
     "slice_lesions",
+    "split_juxta_skeletal",
     "split_partial",
     "split_skeletal",
     "summarise",
@@ -221,9 +223,10 @@ def score_volume(
 
     With labels, the model-mode lesion rules of ``config`` run first, in this order: calcium components
     the labels claim only in part (``min_claimed_share``, engine/scoring/claims.py), then lesions in
-    bone-sized 3D calcium components (``skeletal_component_mm3``, engine/scoring/skeleton.py). Their
-    lesions are excluded and returned in ``excluded_lesions`` with the reason. Reference labels (ROIs,
-    phantom truth) are scored with :meth:`AgatstonConfig.for_reference_labels`, which turns both off."""
+    bone-sized 3D calcium components (``skeletal_component_mm3``, engine/scoring/skeleton.py), then
+    lesions closer than ``min_bone_distance_mm`` to such components (engine/scoring/juxta_skeletal.py).
+    Their lesions are excluded and returned in ``excluded_lesions`` with the reason. Reference labels
+    (ROIs, phantom truth) are scored with :meth:`AgatstonConfig.for_reference_labels`, which turns them off."""
     excluded: list[tuple[Lesion, str]] = []
     if labels is not None:
         for reason, split in _MODEL_RULES:
@@ -258,19 +261,27 @@ def split_partial(
                                        float(config.min_claimed_share))
 
 
+def _labelled_calcium(
+    hu: np.ndarray, labels: np.ndarray, config: AgatstonConfig
+) -> tuple[Callable[[int], np.ndarray], list[int]]:
+    """(calcium mask of slice z, the slices where labels and calcium meet): what the volume rules read.
+    The comparison is the kernels' exact one, without a float copy of the volume."""
+    thr = threshold_for(np.asarray(hu).dtype, config.threshold_hu)
+
+    def calcium(z: int) -> np.ndarray:
+        return np.asarray(hu[z]) >= thr
+
+    labelled = np.flatnonzero(np.asarray(labels).reshape(len(labels), -1).max(axis=1) > 0)
+    return calcium, [int(z) for z in labelled if np.any(calcium(int(z)) & (labels[z] > 0))]
+
+
 def split_skeletal(
     hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels without the skeletal calcium, labels of only the skeletal calcium or None when there is none)."""
     if config.skeletal_component_mm3 is None:
         return labels, None
-    thr = threshold_for(np.asarray(hu).dtype, config.threshold_hu)  # the kernels' exact comparison, no copy
-
-    def calcium(z: int) -> np.ndarray:
-        return np.asarray(hu[z]) >= thr
-
-    labelled = np.flatnonzero(np.asarray(labels).reshape(len(labels), -1).max(axis=1) > 0)
-    query = [int(z) for z in labelled if np.any(calcium(int(z)) & (labels[z] > 0))]
+    calcium, query = _labelled_calcium(hu, labels, config)
     if not query:
         return labels, None
     big = large_component_masks(len(hu), calcium, geometry.voxel_volume_mm3,
@@ -286,6 +297,37 @@ def split_skeletal(
     return kept, dropped
 
 
-#: The model-mode lesion rules, in the order they run (the stream runs the first per slice, the second
-#: at completion: the same order).
-_MODEL_RULES = ((CLAIM_REASON, split_partial), (SKELETAL_REASON, split_skeletal))
+def split_juxta_skeletal(
+    hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels without the lesions closer than ``min_bone_distance_mm`` to bone-sized calcium, labels of
+    only those or None): engine/scoring/juxta_skeletal.py. Runs after :func:`split_skeletal`."""
+    if not config.juxta_skeletal_rule:
+        return labels, None
+    from cacstream.engine.scoring.juxta_skeletal import near_skeleton, slabs
+
+    calcium, lesion_slices = _labelled_calcium(hu, labels, config)
+    if not lesion_slices:
+        return labels, None
+    inc, d = float(geometry.slice_increment_mm), float(config.min_bone_distance_mm)  # type: ignore[arg-type]
+    big = large_component_masks(len(hu), calcium, geometry.voxel_volume_mm3, float(config.skeletal_component_mm3),  # type: ignore[arg-type]
+                                slabs(lesion_slices, len(hu), inc, d))
+    spacing = (inc, *(float(v) for v in geometry.pixel_spacing_mm))
+    kept = np.array(labels, dtype=np.uint8, copy=True)
+    dropped = np.zeros_like(kept)
+    hit = False
+    for z in lesion_slices:
+        comps, n = label_slice((kept[z] > 0) & calcium(z), config.connectivity)
+        near = near_skeleton(comps, n, z, big, spacing, d)  # type: ignore[arg-type]
+        if near.any():
+            mask = near[comps]
+            dropped[z] = np.where(mask, kept[z], 0)
+            kept[z][mask] = 0
+            hit = True
+    return (kept, dropped) if hit else (labels, None)
+
+
+#: The model-mode lesion rules, in the order they run (the stream runs the first per slice, the other
+#: two at completion: the same order).
+_MODEL_RULES = ((CLAIM_REASON, split_partial), (SKELETAL_REASON, split_skeletal),
+                (JUXTA_REASON, split_juxta_skeletal))

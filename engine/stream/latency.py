@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         "command": "cacstream bench stream " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
             if k in ("rate", "repeats", "quiet_s", "mode", "segment_regions", "skeletal_component_mm3",
-                      "min_claimed_share", "no_skeletal_gate")
+                      "min_claimed_share", "min_bone_distance_mm", "no_skeletal_gate")
             and v is not None),
     }
     t = Table(title="last slice landed → report published, minus the quiet period")
