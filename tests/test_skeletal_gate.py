@@ -16,6 +16,7 @@ from cacstream.engine.inference.candidates import (
     candidate_reach,
     reach_diagonal,
     skeletal_calcium,
+    sparse_candidate_patches,
 )
 
 
@@ -56,6 +57,26 @@ def test_an_excluded_component_is_no_candidate_anywhere() -> None:
     np.testing.assert_array_equal(reach_diagonal(candidate_reach(hu, (1.0, 1.0), 16, 2, rule, exclude)), patches)
     with pytest.raises(ValueError, match="exclusion masks of shape"):
         candidate_patches(hu, (1.0, 1.0), 16, 2, rule, exclude[:1, :8])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_candidates_from_the_kept_components_equal_the_labelled_ones(seed: int) -> None:
+    """Completion decides from each slice's kept sparse components instead of labelling it again: the
+    same candidate patches as :func:`candidate_patches` on the slice, with and without an exclusion."""
+    from cacstream.engine.scoring.skeleton import slice_components
+
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(20, 70)), int(rng.integers(20, 70))
+    hu = np.where(ndi.uniform_filter(rng.random((rows, cols)), 3) > 0.6, 400.0, 0.0).astype(np.float32)
+    exclude = ndi.binary_dilation(rng.random((rows, cols)) < 0.01, iterations=3) & (hu >= 130)
+    area = float(rng.uniform(0.1, 0.8))
+    rule = CandidateRule(min_area_mm2=float(rng.choice([0.0, 1.0, 3.0])))
+    idx, lab, n = slice_components(hu >= 130)
+    for ex in (None, exclude):
+        want = candidate_patches(hu, (area, 1.0), 64, 4, rule, ex)[0]
+        got = sparse_candidate_patches(idx, lab, n, (rows, cols), area, rule, 64, 4, ex)
+        np.testing.assert_array_equal(got, want)
+    assert not sparse_candidate_patches(idx[:0], lab[:0], 0, (rows, cols), area, rule, 64, 4).any()
 
 
 # ------------------------------------------------------------------ the shipped weights on a phantom
@@ -131,6 +152,16 @@ def test_slices_flagged_only_by_bone_are_not_flagged(chest, models) -> None:
     assert not np.any((p_gate >= thr) & (p_plain < thr))  # the gate only ever withdraws
     for z in np.nonzero(p_gate >= thr)[0]:
         assert regions[z].any()
+    # completion's shortcut (the kept sparse components instead of labelling again) decides the same
+    from cacstream.engine.scoring.skeleton import slice_components
+
+    for z in range(len(hu)):
+        quick = gated.decide_from_components(raw[z:z + 1], slice_components(hu[z] >= 130.0), hu.shape[1:],
+                                             g.pixel_spacing_mm, exclude[z], 130.0)
+        assert quick is not None
+        assert quick[0][0] == pytest.approx(p_gate[z], abs=1e-12) and np.array_equal(quick[1][0], regions[z])
+    assert gated.decide_from_components(raw[:1], slice_components(hu[0] >= 130.0), hu.shape[1:],
+                                        g.pixel_spacing_mm, exclude[0], 120.0) is None  # another rule: decide()
 
 
 def test_stream_decides_again_at_completion_as_the_whole_series_path(chest, models) -> None:

@@ -123,6 +123,26 @@ def pool_to_patches(mask: np.ndarray, served: int, grid: int) -> np.ndarray:
     return out
 
 
+def sparse_candidate_patches(idx: np.ndarray, labels: np.ndarray, n: int, shape: tuple[int, int],
+                             pixel_area_mm2: float, rule: CandidateRule, served: int, grid: int,
+                             exclude: np.ndarray | None = None) -> np.ndarray:
+    """(grid, grid) bool: :func:`candidate_patches` of one slice from its calcium components already
+    labelled (the sparse form of ``scoring.skeleton.slice_components``: flat pixel indices, their
+    component labels 1..n). Valid when those components are the rule's: 8-connected at
+    ``rule.threshold_hu`` (the scorer's components; completion has them, so it need not label again)."""
+    out = np.zeros((grid, grid), bool)
+    if n == 0 or idx.size == 0:
+        return out
+    keep = np.bincount(labels, minlength=n + 1).astype(np.float64) * float(pixel_area_mm2) >= rule.min_area_mm2
+    if exclude is not None:
+        keep[np.unique(labels[np.asarray(exclude, bool).ravel()[idx]])] = False
+    keep[0] = False
+    sel = idx[keep[labels]]
+    rows, cols = _patch_of_pixel(shape[0], served, grid), _patch_of_pixel(shape[1], served, grid)
+    out[rows[sel // shape[1]], cols[sel % shape[1]]] = True
+    return out
+
+
 def _per_slice_spacing(stack: np.ndarray, pixel_spacing_mm: Any) -> np.ndarray:
     """(N, 2) float64 spacing for N slices from one pair or one pair per slice (validated)."""
     spacing = np.asarray(pixel_spacing_mm, dtype=np.float64)

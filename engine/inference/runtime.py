@@ -328,6 +328,25 @@ class CalciumModels:
         its diagonal is :meth:`candidate_patches`), None when no gate is in effect."""
         return self._per_candidate_rule(candidate_reach, hu_slices, pixel_spacing_mm, exclude)
 
+    def decide_from_components(self, filter_logits: Any, components: tuple[np.ndarray, np.ndarray, int],
+                               shape: tuple[int, int], pixel_spacing_mm: Any, exclude: np.ndarray | None,
+                               threshold_hu: float) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """:meth:`decide` for one slice whose calcium components are already labelled (8-connected at
+        ``threshold_hu``, sparse: ``scoring.skeleton.slice_components``), without labelling it again; None
+        when that cannot be the same decision (the gate's rule differs, or regions grow to components,
+        which needs the reach) and the caller should use :meth:`decide`."""
+        rule = self.candidate_rule
+        if (rule is None or self.completes_components or rule.connectivity != 8
+                or rule.threshold_hu != float(threshold_hu) or self.patch_grid is None):
+            return None
+        from cacstream.engine.inference.candidates import sparse_candidate_patches
+
+        idx, lab, n = components
+        area = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
+        cand = sparse_candidate_patches(idx, lab, n, shape, area, rule, self.spec.model("filter").input_shape[-1],
+                                        self.patch_grid, exclude)[None]
+        return self.probabilities(filter_logits, cand), self.patch_flags(filter_logits, cand)
+
     @property
     def skeletal_gate(self) -> bool:
         """Whether bone-sized calcium is withdrawn from the candidates (``skeletal_gate_mm3`` set and a

@@ -44,6 +44,10 @@ class GateDecider(Protocol):
 
     def region_pixels(self, regions: np.ndarray, native_hw: tuple[int, int]) -> np.ndarray | None: ...
 
+    def decide_from_components(self, filter_logits: Any, components: tuple[np.ndarray, np.ndarray, int],
+                               shape: tuple[int, int], pixel_spacing_mm: Any, exclude: np.ndarray | None,
+                               threshold_hu: float) -> tuple[np.ndarray, np.ndarray | None] | None: ...
+
 
 @dataclass(frozen=True)
 class GateEvidence:
@@ -110,7 +114,10 @@ def apply_skeletal_gate(
             continue
         idx = o.calcium_components[0]
         hu = ev.calcium_slice(idx, config.threshold_hu)
-        p, regions = decider.decide(ev.filter_logits[None], hu[None], ev.pixel_spacing_mm, skeletal[i][None])
+        quick = decider.decide_from_components(ev.filter_logits[None], o.calcium_components, ev.shape,
+                                               ev.pixel_spacing_mm, skeletal[i], config.threshold_hu)
+        p, regions = quick if quick is not None else decider.decide(
+            ev.filter_logits[None], hu[None], ev.pixel_spacing_mm, skeletal[i][None])
         prob = float(p[0])
         flagged = prob >= decider.filter_threshold
         new_regions = None
