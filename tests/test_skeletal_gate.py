@@ -104,9 +104,13 @@ def models(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
     from cacstream.engine.weights_location import packaged_weights_dir
 
     monkeypatch_module.setenv("CACSTREAM_ENGINES", str(tmp_path_factory.mktemp("engines")))
+    from cacstream.engine.inference.regions import RegionConfig
+
     w = packaged_weights_dir()
     load = dict(backend="onnxruntime", threads=1, batch_size=8)
-    return CalciumModels.load(w, skeletal_gate_mm3=LIMIT, **load), CalciumModels.load(w, **load)
+    # the third: regions grown to whole components, which completion decides with the dense path
+    return (CalciumModels.load(w, skeletal_gate_mm3=LIMIT, **load), CalciumModels.load(w, **load),
+            CalciumModels.load(w, skeletal_gate_mm3=LIMIT, regions=RegionConfig(mode="components"), **load))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +127,7 @@ def test_slices_flagged_only_by_bone_are_not_flagged(chest, models) -> None:
     from cacstream.engine.inference.runtime import sigmoid
 
     series, hu = chest
-    gated, plain = models
+    gated, plain, _ = models
     g = series.geometry
     assert gated.skeletal_gate and not plain.skeletal_gate
     exclude = gated.skeletal_exclusion(hu, g)
@@ -167,7 +171,7 @@ def test_slices_flagged_only_by_bone_are_not_flagged(chest, models) -> None:
 def test_stream_decides_again_at_completion_as_the_whole_series_path(chest, models) -> None:
     """`score` / `watch` score slices as they land (the per-slice gate), then completion applies the
     skeletal gate: flags, lesions and scores equal the whole-series path's; without the gate they
-    equal the whole-series path without it."""
+    equal the whole-series path without it; and so with regions grown to whole components."""
     from cacstream.calibration.evaluate import run_engine_path
     from cacstream.engine.config import AgatstonConfig
     from cacstream.engine.pipeline.models import ModelStages
@@ -177,7 +181,7 @@ def test_stream_decides_again_at_completion_as_the_whole_series_path(chest, mode
     series, hu = chest
     cfg = AgatstonConfig()
     flagged = {}
-    for name, m in zip(("gated", "plain"), models):
+    for name, m in zip(("gated", "plain", "gated, components"), models):
         ref = run_engine_path(m, hu, series.geometry, cfg)
         got = score_series(series, cfg, models=ModelStages(m), config=PipelineConfig(batch_size=4))
         res = got.scored.result
@@ -194,4 +198,7 @@ def test_stream_decides_again_at_completion_as_the_whole_series_path(chest, mode
         want = np.where(hu >= cfg.threshold_hu, ref.labels, 0)
         np.testing.assert_array_equal(scored, want)
         flagged[name] = got.scored.slices_flagged
-    assert flagged["gated"] < flagged["plain"]
+    assert flagged["gated"] < flagged["plain"] and flagged["gated, components"] == flagged["gated"]
+    assert models[2].completes_components and models[2].decide_from_components(
+        np.zeros((1, 65), np.float32), (np.zeros(0, np.int32), np.zeros(0, np.int32), 0), hu.shape[1:],
+        series.geometry.pixel_spacing_mm, None, 130.0) is None  # the dense path decides it
