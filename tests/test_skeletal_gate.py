@@ -120,6 +120,14 @@ def monkeypatch_module():
     mp.undo()
 
 
+def test_a_limit_that_is_not_positive_is_refused_before_loading() -> None:
+    from cacstream.engine.inference.runtime import CalciumModels
+
+    for bad in (0.0, -5.0):
+        with pytest.raises(ValueError, match="skeletal_gate_mm3 must be > 0"):
+            CalciumModels.load("/nonexistent-weights", skeletal_gate_mm3=bad)
+
+
 def test_slices_flagged_only_by_bone_are_not_flagged(chest, models) -> None:
     """Independent of the engine: scipy's 2D candidates minus scipy's bone-sized 3D components, and the
     filter's patch probabilities over each candidate's patches. A slice stays flagged exactly when a

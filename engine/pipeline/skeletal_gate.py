@@ -113,11 +113,11 @@ def apply_skeletal_gate(
         if ev is None or o.calcium_components is None:
             continue
         idx = o.calcium_components[0]
-        hu = ev.calcium_slice(idx, config.threshold_hu)
         quick = decider.decide_from_components(ev.filter_logits[None], o.calcium_components, ev.shape,
                                                ev.pixel_spacing_mm, skeletal[i], config.threshold_hu)
         p, regions = quick if quick is not None else decider.decide(
-            ev.filter_logits[None], hu[None], ev.pixel_spacing_mm, skeletal[i][None])
+            ev.filter_logits[None], ev.calcium_slice(idx, config.threshold_hu)[None], ev.pixel_spacing_mm,
+            skeletal[i][None])
         prob = float(p[0])
         flagged = prob >= decider.filter_threshold
         new_regions = None
@@ -133,12 +133,12 @@ def apply_skeletal_gate(
             assert new_regions is not None
             keep = decider.region_pixels(new_regions[None], ev.shape)
             labels = ev.labels(idx, None if keep is None else keep[0])
-        if not np.any(ev.calcium_labels) or np.array_equal(labels.ravel()[idx], ev.calcium_labels):
+        if np.array_equal(labels.ravel()[idx], ev.calcium_labels):
             # the withdrawn cores held no labelled calcium: the same lesions, exclusions and label map
             out[i] = dataclasses.replace(o, flagged=flagged, probability=prob, gate_evidence=ev if flagged else None)
             continue
-        again = score_slice(o.job, hu, labels, config, with_mask=True, flagged=flagged, probability=prob,
-                            timings_ms=o.timings_ms)
+        again = score_slice(o.job, ev.calcium_slice(idx, config.threshold_hu), labels, config, with_mask=True,
+                            flagged=flagged, probability=prob, timings_ms=o.timings_ms)
         out[i] = dataclasses.replace(again, calcium_components=o.calcium_components,
                                      gate_evidence=ev if flagged else None)
     return out
