@@ -38,6 +38,11 @@ class AgatstonConfig:
             spinal calcium, not coronary: it is excluded and listed with the reason. None keeps it. 8 mm
             by default: true coronary lesions measured >= 20 mm from the skeleton on the COCA scans and
             >= 10 mm on the phantoms (engine/scoring/juxta_skeletal.py).
+        cardiac_levels: with artery labels (model mode), a lesion above or below the levels the heart
+            can occupy (found from the lungs: 50 mm below the lung apices down to 15 mm below where
+            the lung bases thin out) is neck or abdominal calcium: it is excluded and listed with the
+            reason. Applies only to series that show the lungs whole (chest CT); True by default
+            (engine/scoring/cardiac_window.py).
     """
 
     threshold_hu: float = 130.0
@@ -50,6 +55,7 @@ class AgatstonConfig:
     skeletal_component_mm3: float | None = 2000.0
     min_claimed_share: float | None = 0.75
     min_bone_distance_mm: float | None = 8.0
+    cardiac_levels: bool = True
 
     def __post_init__(self) -> None:
         if self.min_bone_distance_mm is not None and not self.min_bone_distance_mm > 0:
@@ -69,10 +75,10 @@ class AgatstonConfig:
             raise ValueError("reference_thickness_mm must be > 0")
 
     def for_reference_labels(self) -> AgatstonConfig:
-        """This convention with the model-mode lesion rules off (skeletal check, claim rule, bone distance):
-        reference labels (COCA ROIs, phantom truth) are scored as they are drawn."""
+        """This convention with the model-mode lesion rules off (skeletal check, claim rule, bone distance,
+        cardiac levels): reference labels (COCA ROIs, phantom truth) are scored as they are drawn."""
         return dataclasses.replace(self, skeletal_component_mm3=None, min_claimed_share=None,
-                                   min_bone_distance_mm=None)
+                                   min_bone_distance_mm=None, cardiac_levels=False)
 
     @property
     def juxta_skeletal_rule(self) -> bool:

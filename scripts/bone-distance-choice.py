@@ -74,36 +74,29 @@ def main() -> int:
                              for lim, c in configs.items()}))
         on_coronary = np.where(case.labels > 0, labels, 0).astype(np.uint8)
         true_gaps += bone_gaps(case.hu, case.geometry, on_coronary)
-    print(f"{len(rows)} phantoms from seed {args.first}")
-    print("| min_bone_distance_mm | risk categories right | mean abs error |")
-    print("|---|---:|---:|")
-    for lim in LIMITS:
-        right = sum(risk_category(s[lim]) == risk_category(t) for t, s in rows)
-        mae = float(np.mean([abs(s[lim] - t) for t, s in rows]))
-        print(f"| {'off' if lim is None else f'{lim:g}'} | {right} of {len(rows)} | {mae:.1f} |")
-    print(f"model lesions on phantom coronary calcium: {len(true_gaps)}, nearest to bone {min(true_gaps):.1f} mm")
+    if rows:
+        print(f"{len(rows)} phantoms from seed {args.first}")
+        print("| min_bone_distance_mm | risk categories right | mean abs error |")
+        print("|---|---:|---:|")
+        for lim in LIMITS:
+            right = sum(risk_category(s[lim]) == risk_category(t) for t, s in rows)
+            mae = float(np.mean([abs(s[lim] - t) for t, s in rows]))
+            print(f"| {'off' if lim is None else f'{lim:g}'} | {right} of {len(rows)} | {mae:.1f} |")
+    if true_gaps:
+        print(f"model lesions on phantom coronary calcium: {len(true_gaps)}, nearest to bone {min(true_gaps):.1f} mm")
     if args.coca is not None:
-        from cacstream.training.data import coca
+        from cacstream.training.evaluate_default import coca_scans
 
-        root, roi_gaps = args.coca, []
-        scans = [("gated", p) for p in coca.list_gated_patients(root)] + [("non-gated", p) for p in coca.list_nongated_patients(root)]
-        expert = coca.load_nongated_scores(root)
+        roi_gaps: list[float] = []
         print("\n| scan | reference | " + " | ".join("off" if lim is None else f"{lim:g} mm" for lim in LIMITS) + " |")
         print("|---|---:|" + "---:|" * len(LIMITS))
-        for kind, pid in scans:
-            if kind == "gated":
-                c = coca.load_gated_patient(root, pid)
-                ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, AgatstonConfig().for_reference_labels()).agatston_total
-                roi_gaps += bone_gaps(c.volume.hu, c.volume.geometry, c.labels)
-                name = f"gated {pid}"
-            else:
-                c = coca.load_nongated_patient(root, pid)
-                r = expert.get(pid, c.expected_scores)
-                ref = float(r.get("total", sum(v for k, v in r.items() if k != "total")))
-                name = f"non-gated {c.sheet_id}"
-            labels = segment(models, c.volume.hu, c.volume.geometry)
-            cells = [f"{score_volume(c.volume.hu, c.volume.geometry, labels, cfg).agatston_total:.1f}" for cfg in configs.values()]
-            print(f"| {name} | {ref:.1f} | " + " | ".join(cells) + " |")
+        for scan in coca_scans(args.coca):
+            hu, g = scan.volume.hu, scan.volume.geometry
+            if scan.roi_labels is not None:
+                roi_gaps += bone_gaps(hu, g, scan.roi_labels)
+            labels = segment(models, hu, g)
+            cells = [f"{score_volume(hu, g, labels, cfg).agatston_total:.1f}" for cfg in configs.values()]
+            print(f"| {scan.name} | {scan.reference_total:.1f} | " + " | ".join(cells) + " |")
         print(f"COCA expert ROI lesions: {len(roi_gaps)}, nearest to bone {min(roi_gaps):.1f} mm")
     return 0
 

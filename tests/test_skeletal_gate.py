@@ -185,6 +185,7 @@ def test_stream_decides_again_at_completion_as_the_whole_series_path(chest, mode
     from cacstream.engine.pipeline.models import ModelStages
     from cacstream.engine.pipeline.runner import PipelineConfig
     from cacstream.engine.pipeline.scorer import score_series
+    from cacstream.engine.scoring.cardiac_window import cardiac_levels_of_volume
 
     series, hu = chest
     cfg = AgatstonConfig()
@@ -205,6 +206,9 @@ def test_stream_decides_again_at_completion_as_the_whole_series_path(chest, mode
             scored[z] = lm
         want = np.where(hu >= cfg.threshold_hu, ref.labels, 0)
         np.testing.assert_array_equal(scored, want)
+        # slices scored again at completion keep the lungs they showed as they landed (cardiac levels)
+        assert res.config["cardiac_levels_found"] == cardiac_levels_of_volume(hu, series.geometry).to_dict()
+        assert res.config["cardiac_levels_found"]["lung_cm3"] > 100
         flagged[name] = got.scored.slices_flagged
     assert flagged["gated"] < flagged["plain"] and flagged["gated, components"] == flagged["gated"]
     assert models[2].completes_components and models[2].decide_from_components(

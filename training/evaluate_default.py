@@ -34,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -250,6 +251,7 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
                 "model_lesions_excluded_skeletal": res.excluded_by_reason.get("skeletal", 0),
                 "model_lesions_excluded_claim": res.excluded_by_reason.get("partial_claim", 0),
                 "model_lesions_excluded_beside_bone": res.excluded_by_reason.get("juxta_skeletal", 0),
+                "model_lesions_excluded_outside_levels": res.excluded_by_reason.get("outside_cardiac_levels", 0),
                 "model_agatston_inside_other": ov["agatston_share_inside_other"],
                 "seconds": round(res.seconds, 3),
             })
@@ -281,14 +283,47 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
             "model_lesions_excluded_skeletal": int(sum(r["model_lesions_excluded_skeletal"] for r in rows)),
             "model_lesions_excluded_claim": int(sum(r["model_lesions_excluded_claim"] for r in rows)),
             "model_lesions_excluded_beside_bone": int(sum(r["model_lesions_excluded_beside_bone"] for r in rows)),
+            "model_lesions_excluded_outside_levels": int(sum(r["model_lesions_excluded_outside_levels"] for r in rows)),
         },
         "seconds_per_series_median": float(np.median([r["seconds"] for r in rows])) if rows else None,
         "segment_regions": getattr(models, "region_rule", None),
         # the model-mode lesion rules these figures were measured with (a report carries the same values)
         "lesion_rules": {"min_claimed_share": cfg.min_claimed_share, "skeletal_component_mm3": cfg.skeletal_component_mm3,
-                         "min_bone_distance_mm": cfg.min_bone_distance_mm},
+                         "min_bone_distance_mm": cfg.min_bone_distance_mm, "cardiac_levels": cfg.cardiac_levels},
     }
     return metrics, rows
+
+
+@dataclass
+class CocaScan:
+    """One COCA scan with its reference total: the ROIs' Agatston (gated; ``roi_labels`` kept) or the
+    expert's per-artery sum (non-gated)."""
+
+    kind: str  # "gated" or "non-gated"
+    name: str
+    volume: Any
+    reference_total: float
+    roi_labels: np.ndarray | None
+
+
+def coca_scans(root: Path) -> Iterator[CocaScan]:
+    """The COCA scans under ``root``, gated first, each with its reference (what the choice scripts
+    print next to the model's totals)."""
+    from cacstream.engine.config import AgatstonConfig
+    from cacstream.engine.scoring.agatston import score_volume
+    from cacstream.training.data import coca
+
+    ref_cfg = AgatstonConfig().for_reference_labels()
+    for pid in coca.list_gated_patients(root):
+        c = coca.load_gated_patient(root, pid)
+        ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, ref_cfg).agatston_total
+        yield CocaScan("gated", f"gated {pid}", c.volume, float(ref), c.labels)
+    expert = coca.load_nongated_scores(root)
+    for pid in coca.list_nongated_patients(root):
+        n = coca.load_nongated_patient(root, pid)
+        r = expert.get(pid, n.expected_scores)
+        total = float(r.get("total", sum(v for k, v in r.items() if k != "total")))
+        yield CocaScan("non-gated", f"non-gated {n.sheet_id}", n.volume, total, None)
 
 
 def evaluate_coca(models: Any, root: Path) -> list[dict[str, Any]]:
@@ -442,6 +477,8 @@ def heldout_markdown(metrics: dict[str, Any], command: str) -> str:
         f"{oc.get('model_lesions_excluded_claim', 0)} |",
         f"| model lesions excluded by the bone-distance rule (chest-wall calcium; not counted, listed in reports) | "
         f"{oc.get('model_lesions_excluded_beside_bone', 0)} |",
+        f"| model lesions excluded by the cardiac levels (neck / abdominal calcium; not counted, listed in reports) | "
+        f"{oc.get('model_lesions_excluded_outside_levels', 0)} |",
         f"| median engine-path seconds per series | {metrics['seconds_per_series_median']:.1f} |",
     ]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ benchmark reports is the engine's, not a different algorithm's.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class NaiveModels:
 def _agatston_scipy(
     hu: np.ndarray, labels: np.ndarray, pixel_area: float, factor: float, cfg: AgatstonConfig,
     voxel_mm3: float | None = None, spacing_mm: tuple[float, float, float] | None = None,
+    z_mm: Sequence[float] | None = None,
 ) -> float:
     """Per slice: scipy.ndimage.label of (HU ≥ threshold & label > 0), area ≥ min, weight by peak HU.
     First, as the engine does: with the claim rule configured, the labels of 2D calcium components
@@ -62,7 +64,9 @@ def _agatston_scipy(
     configured, the calcium of 3D components (scipy, 26-connected) larger than
     ``cfg.skeletal_component_mm3``; then, with ``spacing_mm`` (slice increment, row, column) and the
     bone-distance rule configured, every lesion closer than ``cfg.min_bone_distance_mm`` to that calcium
-    (scipy's distance transform over the whole volume)."""
+    (scipy's distance transform over the whole volume); last, with ``z_mm`` (and the spacing) and the
+    cardiac-levels rule configured, the labels of the slices outside the heart's levels (the levels
+    themselves from engine/scoring/cardiac_window.py: the anatomy is found, not benchmarked)."""
     from scipy import ndimage
 
     structure = np.ones((3, 3), bool) if cfg.connectivity == 8 else None
@@ -92,6 +96,15 @@ def _agatston_scipy(
                 lab, _ = ndimage.label((hu[k] >= cfg.threshold_hu) & (labels[k] > 0), structure=structure)
                 close = np.unique(lab[near[k] & (lab > 0)])
                 labels[k][np.isin(lab, close[close > 0])] = 0
+    if z_mm is not None and spacing_mm is not None and cfg.cardiac_levels:
+        from cacstream.engine.scoring.cardiac_window import cardiac_levels, internal_air_mask
+
+        levels = cardiac_levels([internal_air_mask(hu[k]) for k in range(hu.shape[0])], z_mm,
+                                (spacing_mm[1], spacing_mm[2]), spacing_mm[0])
+        out = [k for k, z in enumerate(z_mm) if levels.outside(float(z))]
+        if out:
+            labels = np.array(labels, copy=True)
+            labels[out] = 0
     t = cfg.weight_thresholds_hu
     total = 0.0
     for k in range(hu.shape[0]):
@@ -150,6 +163,6 @@ def score_naive(files: list[Path], models: NaiveModels, cfg: AgatstonConfig | No
     t0 = time.perf_counter()
     total = _agatston_scipy(hu_vol, labels, ps[0] * ps[1], eff / cfg.reference_thickness_mm, cfg,
                             voxel_mm3=ps[0] * ps[1] * abs(increment),
-                            spacing_mm=(abs(increment), float(ps[0]), float(ps[1])))
+                            spacing_mm=(abs(increment), float(ps[0]), float(ps[1])), z_mm=z)
     st["agatston"] = (time.perf_counter() - t0) * 1e3
     return NaiveResult(total, int(hu_vol.shape[0]), st, (time.perf_counter() - t_all) * 1e3)

@@ -105,6 +105,12 @@ def add_skeletal_option(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                         "edges), not coronary; it is excluded and listed in the report's excluded_lesions. 8 is "
                         "recommended (true coronary lesions measured >= 20 mm from bone on the COCA scans, >= 10 "
                         "mm on phantoms); 0 turns the rule off.")
+    parser.add_argument("--no-cardiac-levels", action="store_true",
+                        help="model mode: also count lesions above or below the levels the heart can occupy. "
+                        "By default, in a scan that shows the lungs whole (chest CT), a lesion more than 50 mm "
+                        "below the lung apices' level or 15 mm below where the lung bases thin out is neck or "
+                        "abdominal calcium, excluded and listed in the report's excluded_lesions with the levels "
+                        "found. Keeping the rule on is recommended.")
 
 
 def add_eligibility_options(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +142,7 @@ def _agatston_config(args: argparse.Namespace) -> AgatstonConfig:
         skeletal_component_mm3=args.skeletal_component_mm3 or None,
         min_claimed_share=args.min_claimed_share or None,
         min_bone_distance_mm=args.min_bone_distance_mm or None,
+        cardiac_levels=not getattr(args, "no_cardiac_levels", False),
     )
 
 

@@ -19,6 +19,7 @@ from cacstream.engine.pipeline.stages import SliceOutcome, place_lesion
 from cacstream.engine.report.json_report import ModelInfo, ScoredSeries
 from cacstream.engine.scoring.agatston import label_slice, summarise
 from cacstream.engine.scoring.results import Lesion
+from cacstream.engine.scoring.cardiac_window import WINDOW_REASON, CardiacLevels, cardiac_levels
 from cacstream.engine.scoring.juxta_skeletal import JUXTA_REASON, near_skeleton, slabs
 from cacstream.engine.scoring.skeleton import SKELETAL_REASON, large_component_masks
 from cacstream.engine.series.types import Geometry, Series
@@ -118,10 +119,22 @@ def finalize_series(
         lesions, excluded = split_skeletal_lesions(lesions, skeletal, label_maps, agatston)
         if agatston.juxta_skeletal_rule and lesions:
             lesions, near = split_juxta_skeletal_lesions(lesions, skeletal, label_maps, g, agatston)
+    outside: list[Lesion] = []
+    levels = None
+    if mode == "model" and agatston.cardiac_levels:
+        airs = [o.internal_air for o in ordered]
+        if any(a is None for a in airs):
+            warnings.append("cardiac-levels rule skipped: a slice's internal air was not kept")
+        else:
+            levels = cardiac_levels(airs, g.z_mm, g.pixel_spacing_mm, g.slice_increment_mm)  # type: ignore[arg-type]
+            if lesions and levels.applies:
+                lesions, outside = split_outside_levels(lesions, levels, label_maps)
     result = summarise(lesions, g, agatston)
     result.config["calcium_mask"] = "whole_slice" if mode == "threshold" else "labels>0"
+    if levels is not None:
+        result.config["cardiac_levels_found"] = levels.to_dict()
     result.excluded_lesions = (per_slice_excluded + [(les, SKELETAL_REASON) for les in excluded]
-                               + [(les, JUXTA_REASON) for les in near])
+                               + [(les, JUXTA_REASON) for les in near] + [(les, WINDOW_REASON) for les in outside])
     timings = {k: v for k, v in stage_ms.items() if v > 0 or k in ("decode", "agatston")}
     timings.update(dict(timings_ms or {}))
     timings["summarise"] = (time.perf_counter() - t0) * 1e3
@@ -158,6 +171,18 @@ def split_skeletal_lesions(
         return hit
 
     return _split_lesions(lesions, label_maps, config, inside)
+
+
+def split_outside_levels(
+    lesions: list[Lesion], levels: CardiacLevels, label_maps: dict[int, np.ndarray]
+) -> tuple[list[Lesion], list[Lesion]]:
+    """(lesions within the heart's levels, lesions outside them): a slice outside holds no coronary
+    calcium, so its lesions go and its label map with them (engine/scoring/cardiac_window.py)."""
+    kept = [les for les in lesions if not levels.outside(les.z_mm)]
+    gone = [les for les in lesions if levels.outside(les.z_mm)]
+    for z in {les.slice_index for les in gone}:
+        label_maps.pop(z, None)
+    return kept, gone
 
 
 def split_juxta_skeletal_lesions(

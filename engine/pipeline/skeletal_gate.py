@@ -140,5 +140,5 @@ def apply_skeletal_gate(
         again = score_slice(o.job, ev.calcium_slice(idx, config.threshold_hu), labels, config, with_mask=True,
                             flagged=flagged, probability=prob, timings_ms=o.timings_ms)
         out[i] = dataclasses.replace(again, calcium_components=o.calcium_components,
-                                     gate_evidence=ev if flagged else None)
+                                     gate_evidence=ev if flagged else None, internal_air=o.internal_air)
     return out

@@ -53,6 +53,8 @@ class SliceOutcome:
     rule, engine/scoring/claims.py), each with its reason, for the report's ``excluded_lesions``.
     ``gate_evidence``: what a flagged slice keeps for the skeletal gate at completion (the filter's
     output, its regions and the calcium pixels' HU and U-Net labels; ``pipeline/skeletal_gate.py``).
+    ``internal_air``: the plane's pooled air inside the body, packed (about 2 KB), kept in model mode
+    for the cardiac-levels rule at completion (engine/scoring/cardiac_window.py).
     """
 
     job: SliceJob
@@ -65,6 +67,7 @@ class SliceOutcome:
     calcium_components: tuple[np.ndarray, np.ndarray, int] | None = None
     excluded: list[tuple[Lesion, str]] = field(default_factory=list)
     gate_evidence: GateEvidence | None = None
+    internal_air: np.ndarray | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -176,10 +179,15 @@ def score_slice(
         if filter_output is not None and labels_in is not None:
             evidence = GateEvidence.of(filter_output[0], filter_output[1], hu2d, labels_in, comps[0],
                                        pixel_spacing(job.header))
+    air = None
+    if labels_in is not None and config.cardiac_levels:  # every slice: the lungs are found at completion
+        from cacstream.engine.scoring.cardiac_window import internal_air
+
+        air = internal_air(np.asarray(hu2d))
     timings["agatston"] = timings.get("agatston", 0.0) + (time.perf_counter() - t0) * 1e3
     return SliceOutcome(job=job, lesions=lesions, label_map=label_map, flagged=flagged,
                         probability=probability, timings_ms=timings, calcium_components=comps, excluded=excluded,
-                        gate_evidence=evidence)
+                        gate_evidence=evidence, internal_air=air)
 
 
 def place_lesion(lesion: Lesion, slice_index: int, z_mm: float, voxel_depth_mm: float) -> Lesion:

@@ -25,7 +25,8 @@ WINDOW_HU = (-300.0, 900.0)
 PANEL_PX = 384
 #: How the header names each reason of ``excluded_lesions`` (any other reason is shown as it is).
 EXCLUSION_WORDS = {"skeletal": "bone (skeletal check)", "partial_claim": "split calcium (claim rule)",
-                   "juxta_skeletal": "beside bone (bone-distance rule)"}
+                   "juxta_skeletal": "beside bone (bone-distance rule)",
+                   "outside_cardiac_levels": "above or below the heart (cardiac levels)"}
 _BG = (16, 16, 16)
 _FG = (235, 235, 235)
 

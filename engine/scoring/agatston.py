@@ -43,6 +43,7 @@ from cacstream.engine.scoring.ccl import (
     warmup,
 )
 from cacstream.engine.scoring.claims import CLAIM_REASON, split_partial_claims_volume
+from cacstream.engine.scoring.cardiac_window import WINDOW_REASON
 from cacstream.engine.scoring.juxta_skeletal import JUXTA_REASON
 from cacstream.engine.scoring.results import AgatstonResult, Lesion
 from cacstream.engine.scoring.skeleton import SKELETAL_REASON, large_component_masks
@@ -327,7 +328,30 @@ def split_juxta_skeletal(
     return (kept, dropped) if hit else (labels, None)
 
 
-#: The model-mode lesion rules, in the order they run (the stream runs the first per slice, the other
-#: two at completion: the same order).
+def split_outside_cardiac_levels(
+    hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels without the slices outside the heart's levels, labels of only those or None):
+    engine/scoring/cardiac_window.py."""
+    if not config.cardiac_levels:
+        return labels, None
+    from cacstream.engine.scoring.cardiac_window import cardiac_levels_of_volume, outside_slices
+
+    labelled = np.flatnonzero(np.asarray(labels).reshape(len(labels), -1).max(axis=1) > 0)
+    if not labelled.size:
+        return labels, None
+    levels = cardiac_levels_of_volume(hu, geometry)
+    out = [z for z in outside_slices(levels, geometry.z_mm) if z in set(labelled.tolist())]
+    if not out:
+        return labels, None
+    kept = np.array(labels, dtype=np.uint8, copy=True)
+    dropped = np.zeros_like(kept)
+    dropped[out] = kept[out]
+    kept[out] = 0
+    return kept, dropped
+
+
+#: The model-mode lesion rules, in the order they run (the stream runs the first per slice, the others
+#: at completion: the same order).
 _MODEL_RULES = ((CLAIM_REASON, split_partial), (SKELETAL_REASON, split_skeletal),
-                (JUXTA_REASON, split_juxta_skeletal))
+                (JUXTA_REASON, split_juxta_skeletal), (WINDOW_REASON, split_outside_cardiac_levels))

@@ -1,0 +1,183 @@
+"""The heart's levels: coronary calcium lies between the lung apices and the lung bases.
+
+Why: a chest CT runs from the neck to the upper abdomen, and the phantom-trained U-Net puts calcium of
+both in an artery. On the real COCA non-gated scans almost every counted lesion lay outside the heart:
+splenic-artery, abdominal-wall and bowel-wall calcium below the lungs' bases, thoracic-inlet and neck
+calcium above their apices (docs/models.md, "The heart's levels"). The heart lies inside the thorax,
+well below the lung apices and above the lowest part of the lungs, which reach further down behind it
+(the costophrenic recesses). Those two landmarks are large air volumes a CT shows unmistakably, so no
+model is needed to find them.
+
+The rule, in model mode: from the lungs' cross-section per slice, the *cardiac levels* run from
+:data:`BASE_MARGIN_MM` below the lowest slice whose lung area is at least :data:`BASE_FRACTION` of the
+largest, up to :data:`APEX_OFFSET_MM` below the highest slice whose lung area is at least
+:data:`APEX_FRACTION` of it. A lesion outside them is excluded and listed with the reason
+``outside_cardiac_levels``. Each bound applies only when the lungs are seen to end inside the scan on
+that side (a scan that starts mid-chest keeps its top), and the rule applies only when the lungs are in
+the field of view whole (at least :data:`MIN_LUNG_CM3`; a cardiac field of view cuts them and never
+shows the neck or abdomen anyway).
+
+How: each slice is pooled 4 × 4 (a 512² slice → 128²), air is a pooled HU below :data:`AIR_HU`, and
+air connected to the image border is outside the body; what is left is the slice's *internal air*,
+kept per slice (2 KB packed) so the stream can decide at completion. The lungs are the large 3D
+components of the internal air (trachea and bronchi join them); bowel and stomach gas are separate,
+smaller components and do not count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.ndimage as ndi
+
+#: Why a lesion was excluded, in the report.
+WINDOW_REASON = "outside_cardiac_levels"
+#: In-plane pooling: lungs are tens of centimetres across, 4 pixels (about 3 mm) lose nothing.
+POOL = 4
+#: Air: lung parenchyma is about -850 HU, fat -100; a pooled block below -400 HU is air.
+AIR_HU = -400.0
+#: Both lungs of an adult at inspiration hold 4-6 litres; a field of view that shows less cuts them.
+MIN_LUNG_CM3 = 1500.0
+#: Another internal-air component counts as lung when it is at least this share of the largest (the
+#: two lungs separate when the trachea is out of view); bowel gas is far smaller.
+LUNG_SHARE_OF_LARGEST = 0.2
+#: The lowest cardiac level: this far below the lowest slice with at least BASE_FRACTION of the
+#: largest lung area. The heart rests on the diaphragm where the lungs still fill much of the chest.
+BASE_FRACTION = 0.25
+BASE_MARGIN_MM = 15.0
+#: The highest cardiac level: this far below the highest slice with at least APEX_FRACTION of the
+#: largest lung area. The aortic root lies about 10 cm below the apices (phantoms 104-128 mm, COCA
+#: non-gated about 100 mm), so 50 mm only removes the neck and the thoracic inlet.
+APEX_FRACTION = 0.10
+APEX_OFFSET_MM = 50.0
+
+
+def internal_air(hu2d: np.ndarray) -> np.ndarray:
+    """Packed (np.packbits, row-major) pooled mask of the air inside the body in one plane, and its
+    pooled shape: what the window needs of a slice, kept by the stream as each slice lands."""
+    return pack(internal_air_mask(hu2d))
+
+
+def internal_air_mask(hu2d: np.ndarray) -> np.ndarray:
+    """Pooled (rows // POOL, columns // POOL) bool mask of the air not connected to the image border."""
+    h, w = hu2d.shape
+    hp, wp = h // POOL, w // POOL
+    pooled = np.asarray(hu2d[: hp * POOL, : wp * POOL], dtype=np.float32).reshape(hp, POOL, wp, POOL).mean(axis=(1, 3))
+    air = pooled < AIR_HU
+    lab, n = ndi.label(air)  # 4-connected: a thin wall separates
+    if n == 0:
+        return air
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[border] = True
+    outside[0] = True
+    return ~outside[lab]
+
+
+def pack(mask: np.ndarray) -> np.ndarray:
+    """A bool plane as bytes (8 pixels each), with its shape in the first two uint16 values."""
+    head = np.array(mask.shape, dtype=np.uint16).view(np.uint8)
+    return np.concatenate([head, np.packbits(mask, axis=None)])
+
+
+def unpack(packed: np.ndarray) -> np.ndarray:
+    h, w = (int(v) for v in packed[:4].view(np.uint16))
+    return np.unpackbits(packed[4:], count=h * w).astype(bool).reshape(h, w)
+
+
+@dataclass(frozen=True)
+class CardiacLevels:
+    """The z range (mm, the series' own slice axis) coronary calcium can occupy, and why.
+
+    ``low_mm``/``high_mm`` None: that side is open (the lungs do not end inside the scan there, or the
+    rule does not apply). ``note`` says in words what was found, for the report."""
+
+    low_mm: float | None
+    high_mm: float | None
+    lung_cm3: float
+    note: str
+
+    @property
+    def applies(self) -> bool:
+        return self.low_mm is not None or self.high_mm is not None
+
+    def outside(self, z_mm: float) -> bool:
+        return (self.low_mm is not None and z_mm < self.low_mm) or (self.high_mm is not None and z_mm > self.high_mm)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"low_mm": self.low_mm, "high_mm": self.high_mm, "lung_cm3": round(self.lung_cm3, 1),
+                "note": self.note}
+
+
+def lung_areas_cm2(air: Sequence[np.ndarray], pixel_spacing_mm: tuple[float, float],
+                   increment_mm: float) -> tuple[np.ndarray, float]:
+    """(lung cross-section per slice in cm², lung volume in cm³) from each slice's pooled internal air
+    (bool planes in slice order): the large 3D components of it, 6-connected."""
+    stack = np.stack([np.asarray(a, dtype=bool) for a in air])
+    lab, n = ndi.label(stack)
+    if n == 0:
+        return np.zeros(len(stack)), 0.0
+    px_cm2 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * POOL * POOL / 100.0
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[1:] = sizes >= LUNG_SHARE_OF_LARGEST * sizes.max()
+    lung = keep[lab]
+    areas = lung.reshape(len(stack), -1).sum(axis=1) * px_cm2
+    return areas, float(areas.sum() * float(increment_mm) / 10.0)
+
+
+def cardiac_levels(air: Sequence[np.ndarray], z_mm: Sequence[float], pixel_spacing_mm: tuple[float, float],
+                   increment_mm: float) -> CardiacLevels:
+    """The cardiac levels of a series from its slices' pooled internal air (bool planes or packed)."""
+    planes = [unpack(a) if a.dtype == np.uint8 else a for a in air]
+    if not planes:
+        return CardiacLevels(None, None, 0.0, "no slices")
+    areas, volume = lung_areas_cm2(planes, pixel_spacing_mm, increment_mm)
+    if volume < MIN_LUNG_CM3:
+        return CardiacLevels(None, None, volume, f"not applied: {volume:.0f} cm³ of lung in view "
+                                                 f"(< {MIN_LUNG_CM3:.0f}: the field of view cuts the lungs)")
+    z = np.asarray(z_mm, dtype=np.float64)
+    order = np.argsort(z)
+    za, aa = z[order], areas[order]
+    top_area = aa.max()
+    base = np.flatnonzero(aa >= BASE_FRACTION * top_area)
+    apex = np.flatnonzero(aa >= APEX_FRACTION * top_area)
+    low = high = None
+    parts = []
+    if base[0] > 0:  # a slice below with less lung: the bases end inside the scan
+        low = float(za[base[0]] - BASE_MARGIN_MM)
+        parts.append(f"lung bases end at {za[base[0]]:.1f} mm")
+    else:
+        parts.append("lung bases not in the scan")
+    if apex[-1] < len(za) - 1:
+        high = float(za[apex[-1]] - APEX_OFFSET_MM)
+        parts.append(f"lung apices at {za[apex[-1]]:.1f} mm")
+    else:
+        parts.append("lung apices not in the scan")
+    if low is not None and high is not None and high <= low:  # implausible anatomy: keep everything
+        return CardiacLevels(None, None, volume, "not applied: lung apices and bases too close ("
+                             + ", ".join(parts) + ")")
+    return CardiacLevels(low, high, volume, ", ".join(parts))
+
+
+def cardiac_levels_of_volume(hu: np.ndarray, geometry: object) -> CardiacLevels:
+    """The cardiac levels of a whole volume (slices in order) with its :class:`Geometry`."""
+    return cardiac_levels([internal_air_mask(np.asarray(hu[i])) for i in range(len(hu))], geometry.z_mm,  # type: ignore[attr-defined]
+                          geometry.pixel_spacing_mm, geometry.slice_increment_mm)  # type: ignore[attr-defined]
+
+
+def outside_slices(levels: CardiacLevels, z_mm: Sequence[float]) -> list[int]:
+    """Indices of the slices outside the cardiac levels."""
+    return [i for i, z in enumerate(z_mm) if levels.outside(float(z))]
+
+
+def describe(levels: CardiacLevels) -> str:
+    lo = "-inf" if levels.low_mm is None else f"{levels.low_mm:.1f}"
+    hi = "+inf" if levels.high_mm is None else f"{levels.high_mm:.1f}"
+    return f"[{lo}, {hi}] mm" if levels.applies else levels.note
+
+
+__all__ = ["WINDOW_REASON", "CardiacLevels", "cardiac_levels", "cardiac_levels_of_volume", "internal_air", "internal_air_mask",
+           "lung_areas_cm2", "outside_slices", "pack", "unpack", "describe"]
