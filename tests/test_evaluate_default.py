@@ -96,5 +96,7 @@ def test_heldout_metrics_count_the_claim_rule_and_record_the_rules() -> None:
     assert metrics["other_calcium"]["model_lesions_touching"] == 0
     assert metrics["other_calcium"]["model_lesions_excluded_claim"] == 1
     assert metrics["lesion_rules"] == {"min_claimed_share": 0.75, "skeletal_component_mm3": 2000.0,
-                                       "min_bone_distance_mm": 8.0}
+                                       "min_bone_distance_mm": 8.0, "cardiac_levels": True}
+    assert rows[0]["model_lesions_excluded_outside_levels"] == 0
+    assert metrics["other_calcium"]["model_lesions_excluded_outside_levels"] == 0
     assert metrics["segment_regions"] == "whole slice (test oracle)"
