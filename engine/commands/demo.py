@@ -67,6 +67,8 @@ def _resolve_mode(args: argparse.Namespace):
     if getattr(args, "min_bone_distance_mm", None) is not None:
         cfg = dataclasses.replace(cfg, agatston=dataclasses.replace(
             cfg.agatston, min_bone_distance_mm=args.min_bone_distance_mm or None))
+    if getattr(args, "no_cardiac_levels", False):
+        cfg = dataclasses.replace(cfg, agatston=dataclasses.replace(cfg.agatston, cardiac_levels=False))
     try:
         return cfg, load_models(cfg), None
     except ModelsUnavailable as exc:

@@ -53,8 +53,8 @@ class SliceOutcome:
     rule, engine/scoring/claims.py), each with its reason, for the report's ``excluded_lesions``.
     ``gate_evidence``: what a flagged slice keeps for the skeletal gate at completion (the filter's
     output, its regions and the calcium pixels' HU and U-Net labels; ``pipeline/skeletal_gate.py``).
-    ``internal_air``: the plane's pooled air inside the body, packed (about 2 KB), kept in model mode
-    for the cardiac-levels rule at completion (engine/scoring/cardiac_window.py).
+    ``internal_air``: the plane's air inside the body, sampled every 4th pixel and packed (about 2 KB),
+    kept in model mode for the cardiac-levels rule at completion (engine/scoring/cardiac_window.py).
     """
 
     job: SliceJob
