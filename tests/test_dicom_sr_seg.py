@@ -161,3 +161,22 @@ def test_no_lesion_means_no_seg_and_a_zero_sr(tmp_path: Path) -> None:
     assert "seg" not in out and "sr" in out and "key_image" in out
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []
     assert [v for _, n, v in _sr_values(pydicom.dcmread(tmp_path / "sr.dcm")) if n == "Calcium score"] == [0.0]
+
+
+def test_missing_source_references_are_named_not_traced() -> None:
+    """An SR / SEG must copy the study and series (a SEG also the frame of reference) of its images;
+    when de-identification stripped them the warning names what is missing, without an exception's name."""
+    from pydicom.dataset import Dataset
+
+    from cacstream.engine.pipeline.outputs import SourceReferenceMissing, check_references
+
+    full = Dataset()
+    full.StudyInstanceUID, full.SeriesInstanceUID, full.FrameOfReferenceUID = "1.2.3", "1.2.3.4", "1.2.3.5"
+    check_references("DICOM SR", [full])
+    check_references("DICOM SEG", [full])
+    stripped = Dataset()
+    stripped.SeriesInstanceUID = "1.2.3.4"
+    with pytest.raises(SourceReferenceMissing, match=r"no StudyInstanceUID, which a DICOM SR"):
+        check_references("DICOM SR", [stripped])
+    with pytest.raises(SourceReferenceMissing, match=r"no StudyInstanceUID or FrameOfReferenceUID, which a DICOM SEG"):
+        check_references("DICOM SEG", [stripped])

@@ -134,11 +134,33 @@ def build_artifacts(
     return out
 
 
+class SourceReferenceMissing(ValueError):
+    """The source images lack an identifier a DICOM SR / SEG must copy to reference them."""
+
+
+#: What an SR or a SEG copies from its source images to stand beside them (study, series; a SEG also
+#: shares their frame of reference). De-identification sometimes strips them (the COCA non-gated export).
+REFERENCE_KEYS = {"DICOM SR": ("StudyInstanceUID", "SeriesInstanceUID"),
+                  "DICOM SEG": ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")}
+
+
+def check_references(what: str, datasets: list[Dataset]) -> None:
+    """Raise :class:`SourceReferenceMissing` naming what the first source image lacks for ``what``."""
+    missing = [k for k in REFERENCE_KEYS[what] if datasets and not str(getattr(datasets[0], k, "") or "")]
+    if missing:
+        raise SourceReferenceMissing(
+            f"the source images have no {' or '.join(missing)}, which a {what} must reference to stand "
+            "beside them (stripped by de-identification?); the JSON report and key image carry the result")
+
+
 def _optional(report: dict[str, Any], out: dict[str, bytes], kind: str, what: str, build) -> None:
     """Build a secondary artifact; if it cannot be built, the report says why and goes out without it
     (the JSON report is the contract; e.g. a de-identified series without StudyInstanceUID can have no SR)."""
     try:
         data = build()
+    except SourceReferenceMissing as exc:
+        report.setdefault("warnings", []).append(f"{what} not written: {exc}")
+        return
     except Exception as exc:  # noqa: BLE001
         report.setdefault("warnings", []).append(f"{what} not written: {type(exc).__name__}: {exc}")
         return
@@ -149,6 +171,7 @@ def _optional(report: dict[str, Any], out: dict[str, bytes], kind: str, what: st
 def _build_sr(report: dict[str, Any], datasets: list[Dataset], seed: str, version: int) -> bytes:
     from cacstream.engine.report.dicom_sr import build_sr
 
+    check_references("DICOM SR", datasets)
     return _dicom_bytes(build_sr(report, datasets, series_instance_uid=_uid_from(seed + "/sr-series"),
                                  sop_instance_uid=_uid_from(seed + "/sr"), instance_number=version))
 
@@ -157,6 +180,7 @@ def _build_seg(score: SeriesScore, datasets: list[Dataset], frames: list[int | N
                version: int) -> bytes | None:
     from cacstream.engine.report.dicom_seg import build_seg
 
+    check_references("DICOM SEG", datasets)
     seg = build_seg(score.label_maps, datasets, frames, series_instance_uid=_uid_from(seed + "/seg-series"),
                     sop_instance_uid=_uid_from(seed + "/seg"), instance_number=version)
     return None if seg is None else _dicom_bytes(seg)
