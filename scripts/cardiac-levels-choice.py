@@ -39,7 +39,7 @@ def coronal_panel(ax, hu: np.ndarray, geometry, levels, lesions, title: str) -> 
     order = np.argsort(z)
     extent = (0, hu.shape[2] * geometry.pixel_spacing_mm[1], float(z.min()), float(z.max()))
     ax.imshow(np.clip(slab[order][::-1], -400, 600), cmap="gray", extent=extent, aspect="auto")
-    for bound in (levels.low_mm, levels.high_mm):
+    for bound in (levels.inferior_mm, levels.superior_mm):
         if bound is not None:
             ax.axhline(bound, color="orange", lw=1.5)
     for les, out in lesions:
@@ -78,10 +78,10 @@ def main() -> int:
         heart = case.truth["landmarks"]["heart_z_range_mm"]
         if levels.applies:
             applied += 1
-            if levels.low_mm is not None:
-                worst_below = min(worst_below, heart[0] - levels.low_mm)
-            if levels.high_mm is not None:
-                worst_above = min(worst_above, levels.high_mm - heart[1])
+            if levels.inferior_mm is not None:  # phantoms: z grows towards the head
+                worst_below = min(worst_below, heart[0] - levels.inferior_mm)
+            if levels.superior_mm is not None:
+                worst_above = min(worst_above, levels.superior_mm - heart[1])
         z = np.asarray(g.z_mm)
         truth_outside += sum(int((case.labels[i] > 0).any()) for i in range(len(z)) if levels.outside(float(z[i])))
         labels = _segment(models, case.hu, g)

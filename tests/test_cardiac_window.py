@@ -72,8 +72,8 @@ def _geometry(n: int = N, size: int = SIZE) -> Geometry:
 def test_levels_of_a_hand_built_thorax() -> None:
     levels = cardiac_levels_of_volume(_thorax(), _geometry())
     # bases: the lowest slice with >= 25 % of the largest lung area is 10; apices: the highest with >= 10 % is 49
-    assert levels.low_mm == pytest.approx(_z(10) - 15.0)
-    assert levels.high_mm == pytest.approx(_z(49) - 50.0)
+    assert levels.inferior_mm == pytest.approx(_z(10) - 15.0)
+    assert levels.superior_mm == pytest.approx(_z(49) - 50.0)
     whole = 2 * np.pi * 8.0 * 5.5  # cm² of both lungs, 40 slices of 0.5 cm
     assert levels.lung_cm3 == pytest.approx(40 * whole * 0.5 + 4 * 0.04 * whole * 0.5, rel=0.05)
     assert [i for i in LESIONS if levels.outside(_z(i))] == [5, 40, 55]
@@ -96,12 +96,12 @@ def test_no_levels_when_the_field_of_view_cuts_the_lungs() -> None:
 def test_a_side_stays_open_where_the_lungs_do_not_end_in_the_scan() -> None:
     hu = _thorax()[:46]  # stops mid-chest: no apices
     levels = cardiac_levels_of_volume(hu, _geometry(n=46))
-    assert levels.high_mm is None and levels.low_mm == pytest.approx(_z(10) - 15.0)
+    assert levels.superior_mm is None and levels.inferior_mm == pytest.approx(_z(10) - 15.0)
     assert "apices not in the scan" in levels.note
     top = _thorax()[20:]  # starts mid-chest: no bases
     levels = cardiac_levels(
         [internal_air_mask(p) for p in top], [_z(i) for i in range(20, N)], (SPACING, SPACING), INC)
-    assert levels.low_mm is None and levels.high_mm == pytest.approx(_z(49) - 50.0)
+    assert levels.inferior_mm is None and levels.superior_mm == pytest.approx(_z(49) - 50.0)
 
 
 def test_whole_volume_scorer_excludes_neck_and_abdomen() -> None:
@@ -131,7 +131,27 @@ def test_slice_by_slice_pipeline_agrees_and_reports_the_levels(tmp_path: Path) -
     validate_report(report)
     assert [x["reason"] for x in report["excluded_lesions"]].count(WINDOW_REASON) == 3
     found = report["agatston_config"]["cardiac_levels_found"]
-    assert found["low_mm"] == pytest.approx(_z(10) - 15.0) and found["high_mm"] == pytest.approx(_z(49) - 50.0)
+    assert found["inferior_mm"] == pytest.approx(_z(10) - 15.0) and found["superior_mm"] == pytest.approx(_z(49) - 50.0)
+
+
+def test_a_series_whose_axis_runs_to_the_feet_keeps_the_same_levels(tmp_path: Path) -> None:
+    """Rows running to the patient's anterior→posterior flipped (ImageOrientationPatient 1,0,0,0,-1,0):
+    the slice normal points to the feet, the series' z_mm grows towards them and slice 0 is the top. The
+    levels are the same anatomy, expressed on that axis."""
+    hu = _thorax()
+    write_ct_series(hu[:, ::-1, :], tmp_path / "s", pixel_spacing_mm=(SPACING, SPACING), slice_thickness_mm=INC,
+                    z_positions_mm=[-_z(i) for i in range(N)],  # along the normal: patient z stays _z(i)
+                    orientation=(1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
+    (series,) = scan_path(tmp_path / "s").series
+    g = series.geometry
+    assert g.normal[2] < 0 and g.z_mm[0] < g.z_mm[-1] and g.z_mm[0] == pytest.approx(-_z(N - 1))
+    score = score_series(series, models=fake_models(), config=PipelineConfig(batch_size=8))
+    got = score.scored.result
+    assert sorted(-les.z_mm for les in got.lesions) == [_z(11), _z(30)]
+    assert sorted(-les.z_mm for les, why in got.excluded_lesions if why == WINDOW_REASON) == [_z(5), _z(40), _z(55)]
+    found = score.scored.result.config["cardiac_levels_found"]
+    assert found["inferior_mm"] == pytest.approx(-(_z(10) - 15.0))
+    assert found["superior_mm"] == pytest.approx(-(_z(49) - 50.0))
 
 
 def test_a_phantom_heart_lies_inside_its_levels() -> None:
@@ -140,8 +160,8 @@ def test_a_phantom_heart_lies_inside_its_levels() -> None:
     case = make_phantom(6003, PhantomConfig(kind="chest"))  # 512²: the whole chest in view
     levels = cardiac_levels_of_volume(case.hu, case.geometry)
     lo, hi = case.truth["landmarks"]["heart_z_range_mm"]
-    assert levels.low_mm is not None and levels.high_mm is not None
-    assert levels.low_mm < lo - 10.0 and levels.high_mm > hi + 10.0
+    assert levels.inferior_mm is not None and levels.superior_mm is not None
+    assert levels.inferior_mm < lo - 10.0 and levels.superior_mm > hi + 10.0
     z = np.asarray(case.geometry.z_mm)
     coronary = (case.labels > 0).reshape(len(z), -1).any(axis=1)
     assert coronary.any() and not any(levels.outside(float(v)) for v in z[coronary])
@@ -163,7 +183,7 @@ def test_coca_levels() -> None:
         v = coca.load_nongated_patient(COCA, pid).volume
         levels = cardiac_levels_of_volume(v.hu, v.geometry)
         lo, hi = heart[pid]
-        assert levels.low_mm is not None and levels.high_mm is not None
-        assert levels.low_mm < lo and levels.high_mm > hi
+        assert levels.inferior_mm is not None and levels.superior_mm is not None
+        assert levels.inferior_mm < lo and levels.superior_mm > hi
         if pid == "2":
             assert levels.outside(-280.0)

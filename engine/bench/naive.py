@@ -100,7 +100,7 @@ def _agatston_scipy(
         from cacstream.engine.scoring.cardiac_window import cardiac_levels, internal_air_mask
 
         levels = cardiac_levels([internal_air_mask(hu[k]) for k in range(hu.shape[0])], z_mm,
-                                (spacing_mm[1], spacing_mm[2]), spacing_mm[0])
+                                (spacing_mm[1], spacing_mm[2]), spacing_mm[0])  # z_mm: patient z, head up
         out = [k for k, z in enumerate(z_mm) if levels.outside(float(z))]
         if out:
             labels = np.array(labels, copy=True)

@@ -126,7 +126,7 @@ def finalize_series(
         if any(a is None for a in airs):
             warnings.append("cardiac-levels rule skipped: a slice's internal air was not kept")
         else:
-            levels = cardiac_levels(airs, g.z_mm, g.pixel_spacing_mm, g.slice_increment_mm)  # type: ignore[arg-type]
+            levels = cardiac_levels(airs, g.z_mm, g.pixel_spacing_mm, g.slice_increment_mm, g.normal)  # type: ignore[arg-type]
             if lesions and levels.applies:
                 lesions, outside = split_outside_levels(lesions, levels, label_maps)
     result = summarise(lesions, g, agatston)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -90,26 +91,32 @@ def unpack(packed: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CardiacLevels:
-    """The z range (mm, the series' own slice axis) coronary calcium can occupy, and why.
+    """The levels (mm, on the series' own slice axis ``z_mm``) coronary calcium can occupy, and why.
 
-    ``low_mm``/``high_mm`` None: that side is open (the lungs do not end inside the scan there, or the
-    rule does not apply). ``note`` says in words what was found, for the report."""
+    ``inferior_mm`` / ``superior_mm``: the bounds towards the feet and towards the head, None where
+    that side is open (the lungs do not end inside the scan there, or the rule does not apply).
+    ``head``: +1 when ``z_mm`` grows towards the head (the slice normal points superior, the usual
+    axial orientation), -1 when it grows towards the feet. ``note`` says in words what was found."""
 
-    low_mm: float | None
-    high_mm: float | None
+    inferior_mm: float | None
+    superior_mm: float | None
     lung_cm3: float
     note: str
+    head: int = 1
 
     @property
     def applies(self) -> bool:
-        return self.low_mm is not None or self.high_mm is not None
+        return self.inferior_mm is not None or self.superior_mm is not None
 
     def outside(self, z_mm: float) -> bool:
-        return (self.low_mm is not None and z_mm < self.low_mm) or (self.high_mm is not None and z_mm > self.high_mm)
+        """Whether a slice at ``z_mm`` lies below the inferior or above the superior bound."""
+        s = self.head * z_mm
+        return ((self.inferior_mm is not None and s < self.head * self.inferior_mm)
+                or (self.superior_mm is not None and s > self.head * self.superior_mm))
 
     def to_dict(self) -> dict[str, object]:
-        return {"low_mm": self.low_mm, "high_mm": self.high_mm, "lung_cm3": round(self.lung_cm3, 1),
-                "note": self.note}
+        return {"inferior_mm": self.inferior_mm, "superior_mm": self.superior_mm,
+                "lung_cm3": round(self.lung_cm3, 1), "note": self.note}
 
 
 def lung_areas_cm2(air: Sequence[np.ndarray], pixel_spacing_mm: tuple[float, float],
@@ -130,48 +137,53 @@ def lung_areas_cm2(air: Sequence[np.ndarray], pixel_spacing_mm: tuple[float, flo
 
 
 def cardiac_levels(air: Sequence[np.ndarray], z_mm: Sequence[float], pixel_spacing_mm: tuple[float, float],
-                   increment_mm: float) -> CardiacLevels:
-    """The cardiac levels of a series from its slices' sampled internal air (bool planes or packed)."""
+                   increment_mm: float, normal: Sequence[float] = (0.0, 0.0, 1.0)) -> CardiacLevels:
+    """The cardiac levels of a series from its slices' sampled internal air (bool planes or packed), in
+    slice order. ``normal``: the slice normal (``Geometry.normal``); its patient-z component says which
+    way ``z_mm`` runs (DICOM patient +z is the head)."""
+    head = -1 if float(normal[2]) < 0 else 1
     planes = [unpack(a) if a.dtype == np.uint8 else a for a in air]
     if not planes:
-        return CardiacLevels(None, None, 0.0, "no slices")
+        return CardiacLevels(None, None, 0.0, "no slices", head)
     px_cm3 = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * POOL * POOL * float(increment_mm) / 1000.0
     all_air = float(sum(int(p.sum()) for p in planes)) * px_cm3
     if all_air < MIN_LUNG_CM3:  # not even all the internal air together: skip the 3D labelling
         return CardiacLevels(None, None, all_air, f"not applied: {all_air:.0f} cm³ of air inside the body "
-                                                  f"(< {MIN_LUNG_CM3:.0f}: the field of view cuts the lungs)")
+                                                  f"(< {MIN_LUNG_CM3:.0f}: the field of view cuts the lungs)", head)
     areas, volume = lung_areas_cm2(planes, pixel_spacing_mm, increment_mm)
     if volume < MIN_LUNG_CM3:
         return CardiacLevels(None, None, volume, f"not applied: {volume:.0f} cm³ of lung in view "
-                                                 f"(< {MIN_LUNG_CM3:.0f}: the field of view cuts the lungs)")
-    z = np.asarray(z_mm, dtype=np.float64)
-    order = np.argsort(z)
-    za, aa = z[order], areas[order]
+                                                 f"(< {MIN_LUNG_CM3:.0f}: the field of view cuts the lungs)", head)
+    up = head * np.asarray(z_mm, dtype=np.float64)  # position towards the head
+    order = np.argsort(up)
+    ua, aa = up[order], areas[order]
     top_area = aa.max()
     base = np.flatnonzero(aa >= BASE_FRACTION * top_area)
     apex = np.flatnonzero(aa >= APEX_FRACTION * top_area)
-    low = high = None
+    low = high = None  # towards the head
     parts = []
     if base[0] > 0:  # a slice below with less lung: the bases end inside the scan
-        low = float(za[base[0]] - BASE_MARGIN_MM)
-        parts.append(f"lung bases end at {za[base[0]]:.1f} mm")
+        low = float(ua[base[0]] - BASE_MARGIN_MM)
+        parts.append(f"lung bases end at {head * ua[base[0]]:.1f} mm")
     else:
         parts.append("lung bases not in the scan")
-    if apex[-1] < len(za) - 1:
-        high = float(za[apex[-1]] - APEX_OFFSET_MM)
-        parts.append(f"lung apices at {za[apex[-1]]:.1f} mm")
+    if apex[-1] < len(ua) - 1:
+        high = float(ua[apex[-1]] - APEX_OFFSET_MM)
+        parts.append(f"lung apices at {head * ua[apex[-1]]:.1f} mm")
     else:
         parts.append("lung apices not in the scan")
     if low is not None and high is not None and high <= low:  # implausible anatomy: keep everything
         return CardiacLevels(None, None, volume, "not applied: lung apices and bases too close ("
-                             + ", ".join(parts) + ")")
-    return CardiacLevels(low, high, volume, ", ".join(parts))
+                             + ", ".join(parts) + ")", head)
+    return CardiacLevels(None if low is None else head * low, None if high is None else head * high,
+                         volume, ", ".join(parts), head)
 
 
 def cardiac_levels_of_volume(hu: np.ndarray, geometry: object) -> CardiacLevels:
     """The cardiac levels of a whole volume (slices in order) with its :class:`Geometry`."""
-    return cardiac_levels([internal_air_mask(np.asarray(hu[i])) for i in range(len(hu))], geometry.z_mm,  # type: ignore[attr-defined]
-                          geometry.pixel_spacing_mm, geometry.slice_increment_mm)  # type: ignore[attr-defined]
+    g: Any = geometry
+    return cardiac_levels([internal_air_mask(np.asarray(hu[i])) for i in range(len(hu))], g.z_mm,
+                          g.pixel_spacing_mm, g.slice_increment_mm, g.normal)
 
 
 def outside_slices(levels: CardiacLevels, z_mm: Sequence[float]) -> list[int]:
@@ -180,9 +192,12 @@ def outside_slices(levels: CardiacLevels, z_mm: Sequence[float]) -> list[int]:
 
 
 def describe(levels: CardiacLevels) -> str:
-    lo = "-inf" if levels.low_mm is None else f"{levels.low_mm:.1f}"
-    hi = "+inf" if levels.high_mm is None else f"{levels.high_mm:.1f}"
-    return f"[{lo}, {hi}] mm" if levels.applies else levels.note
+    """The levels in a few words (tables, logs)."""
+    if not levels.applies:
+        return levels.note
+    lo = "open" if levels.inferior_mm is None else f"{levels.inferior_mm:.1f}"
+    hi = "open" if levels.superior_mm is None else f"{levels.superior_mm:.1f}"
+    return f"from {lo} (feet) to {hi} mm (head)"
 
 
 __all__ = ["WINDOW_REASON", "CardiacLevels", "cardiac_levels", "cardiac_levels_of_volume", "internal_air", "internal_air_mask",
