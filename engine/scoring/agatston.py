@@ -337,11 +337,11 @@ def split_outside_cardiac_levels(
         return labels, None
     from cacstream.engine.scoring.cardiac_window import cardiac_levels_of_volume, outside_slices
 
-    labelled = np.flatnonzero(np.asarray(labels).reshape(len(labels), -1).max(axis=1) > 0)
-    if not labelled.size:
+    labelled = set(np.flatnonzero(np.asarray(labels).reshape(len(labels), -1).max(axis=1) > 0).tolist())
+    if not labelled:
         return labels, None
     levels = cardiac_levels_of_volume(hu, geometry)
-    out = [z for z in outside_slices(levels, geometry.z_mm) if z in set(labelled.tolist())]
+    out = [z for z in outside_slices(levels, geometry.z_mm) if z in labelled]
     if not out:
         return labels, None
     kept = np.array(labels, dtype=np.uint8, copy=True)
