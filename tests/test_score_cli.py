@@ -162,3 +162,18 @@ def test_an_agatston_value_the_config_refuses_ends_with_its_reason(
         main(["score", str(folder), "--out", str(tmp_path / "o"), "--mode", "threshold", option, value, "--quiet"])
     assert reason in str(exc.value.code) and str(exc.value.code).startswith("error: Agatston option")
     assert not (tmp_path / "o").exists()  # nothing scored with a refused convention
+
+
+def test_the_summary_row_names_what_the_rules_left_out() -> None:
+    """The terminal table's line for a scored series: scores, then the excluded lesions counted by
+    reason in the key image's words (none: an empty cell)."""
+    from cacstream.engine.pipeline.batch import scored_row
+
+    report = {"slices_total": 70, "agatston_total": 57.84, "risk_category": "11-100",
+              "agatston_per_artery": {"LM": 0.0, "LAD": 0.0, "LCX": 4.04, "RCA": 53.81},
+              "excluded_lesions": [{"reason": "outside_cardiac_levels"}] * 3 + [{"reason": "partial_claim"}]
+              + [{"reason": "some_future_rule"}]}
+    row = scored_row("1.2.3", report)
+    assert row[:6] == ("1.2.3", "70", "scored", "57.8", "11-100", "LM 0.0 LAD 0.0 LCX 4.0 RCA 53.8")
+    assert row[6] == "3 above or below the heart, 1 split calcium, 1 some_future_rule"
+    assert scored_row("1.2.3", {**report, "excluded_lesions": []})[6] == ""

@@ -173,13 +173,11 @@ def score_folder(
                                          slices_total=len(series.slices), model=model_info)
                 write_outputs(out_dir, report, None, ledger, outputs)
                 summary.failed.append({"series_instance_uid": uid, "reason": reason, "message": message})
-                rows.append((uid, str(len(series.slices)), "[red]failed[/red]", reason, "", ""))
+                rows.append((uid, str(len(series.slices)), "[red]failed[/red]", reason, "", "", ""))
                 continue
             summary.scored.append({"series_instance_uid": uid, "agatston_total": report["agatston_total"],
                                    "risk_category": report["risk_category"]})
-            per = report["agatston_per_artery"]
-            rows.append((uid, str(report["slices_total"]), "scored", f"{report['agatston_total']:.1f}",
-                         report["risk_category"], " ".join(f"{a} {v:.1f}" for a, v in per.items())))
+            rows.append(scored_row(uid, report))
     finally:
         feeder.join()
         pipe.close()
@@ -224,10 +222,25 @@ def _advance(progress: Any, done: list[int]) -> None:
         progress.update(progress.tasks[0].id, completed=done[0])
 
 
+def scored_row(uid: str, report: dict[str, Any]) -> tuple[str, ...]:
+    """One line of the terminal's "series scored" table: the scores, and what the model-mode rules left
+    out of them by reason (the key image's words), so an operator sees at a glance when they acted."""
+    from collections import Counter
+
+    from cacstream.engine.report.key_image import EXCLUSION_WORDS
+
+    per = report["agatston_per_artery"]
+    left_out = Counter(x["reason"] for x in report.get("excluded_lesions") or [])
+    words = ", ".join(f"{n} {EXCLUSION_WORDS.get(why, why).split(' (')[0]}" for why, n in sorted(left_out.items()))
+    return (uid, str(report["slices_total"]), "scored", f"{report['agatston_total']:.1f}", report["risk_category"],
+            " ".join(f"{a} {v:.1f}" for a, v in per.items()), words)
+
+
 def _print_tables(console: Console, rows: list[tuple[str, ...]], summary: RunSummary) -> None:
     if rows:
         t = Table(title="series scored")
-        for col in ("SeriesInstanceUID", "slices", "status", "Agatston", "risk", "per artery"):
+        for col in ("SeriesInstanceUID", "slices", "status", "Agatston", "risk", "per artery",
+                    "lesions not counted"):
             t.add_column(col, overflow="fold")
         for r in rows:
             t.add_row(*r)
