@@ -116,7 +116,7 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
     """Filter → segment flagged slices (around their flagged patches, when the models tile) → Agatston,
     as the pipeline does (unflagged slices: no calcium). ``labels`` are what was scored: the calcium of
     lesions the claim rule or the skeletal check excluded is taken out of them."""
-    from cacstream.engine.scoring.agatston import score_volume, scored_labels
+    from cacstream.engine.scoring.agatston import score_volume_and_labels
 
     t0 = time.perf_counter()
     if getattr(models, "skeletal_gate", False):  # bone-sized calcium flags nothing (pipeline/skeletal_gate.py)
@@ -129,9 +129,9 @@ def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -
     labels = np.zeros(hu.shape, np.uint8)
     if flags.any():
         labels[flags] = models.segment(hu[flags], None if patches is None else patches[flags])
-    res = score_volume(hu, geometry, labels, agatston)
-    if res.excluded_lesions:
-        labels = scored_labels(hu, geometry, labels, agatston)
+    res, scored = score_volume_and_labels(hu, geometry, labels, agatston)
+    if scored is not None:
+        labels = scored
     return PrecisionResult(
         p,
         flags,

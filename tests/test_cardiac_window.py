@@ -14,7 +14,7 @@ from cacstream.engine.config import AgatstonConfig
 from cacstream.engine.pipeline.runner import PipelineConfig
 from cacstream.engine.pipeline.scorer import score_series
 from cacstream.engine.report.json_report import scored_report, validate_report
-from cacstream.engine.scoring.agatston import score_volume
+from cacstream.engine.scoring.agatston import score_volume, score_volume_and_labels, scored_labels
 from cacstream.engine.scoring.cardiac_window import (
     WINDOW_REASON,
     cardiac_levels,
@@ -113,6 +113,10 @@ def test_whole_volume_scorer_excludes_neck_and_abdomen() -> None:
     off = score_volume(hu, g, labels, AgatstonConfig(cardiac_levels=False))
     assert len(off.lesions) == 5 and not off.excluded_lesions
     assert res.agatston_total == pytest.approx(off.agatston_total * 2 / 5)  # five identical discs
+    both, counted = score_volume_and_labels(hu, g, labels)  # the labels it counted, without a second pass
+    assert both.lesions == res.lesions and both.excluded_lesions == res.excluded_lesions
+    np.testing.assert_array_equal(counted, scored_labels(hu, g, labels, AgatstonConfig()))
+    assert sorted(np.flatnonzero(counted.reshape(N, -1).any(axis=1)).tolist()) == [11, 30]
     assert not AgatstonConfig().for_reference_labels().cardiac_levels
 
 

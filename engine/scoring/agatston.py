@@ -54,6 +54,7 @@ __all__ = [
     "lesions_from_table",
     "score_volume",
     "scored_labels",
+    "score_volume_and_labels",
     "slice_lesions",
     "split_juxta_skeletal",
     "split_partial",
@@ -225,9 +226,21 @@ def score_volume(
     With labels, the model-mode lesion rules of ``config`` run first, in this order: calcium components
     the labels claim only in part (``min_claimed_share``, engine/scoring/claims.py), then lesions in
     bone-sized 3D calcium components (``skeletal_component_mm3``, engine/scoring/skeleton.py), then
-    lesions closer than ``min_bone_distance_mm`` to such components (engine/scoring/juxta_skeletal.py).
+    lesions closer than ``min_bone_distance_mm`` to such components (engine/scoring/juxta_skeletal.py),
+    then lesions above or below the heart's levels (``cardiac_levels``, engine/scoring/cardiac_window.py).
     Their lesions are excluded and returned in ``excluded_lesions`` with the reason. Reference labels
     (ROIs, phantom truth) are scored with :meth:`AgatstonConfig.for_reference_labels`, which turns them off."""
+    return score_volume_and_labels(hu, geometry, labels, config)[0]
+
+
+def score_volume_and_labels(
+    hu: np.ndarray,
+    geometry: Geometry,
+    labels: np.ndarray | None = None,
+    config: AgatstonConfig = AgatstonConfig(),
+) -> tuple[AgatstonResult, np.ndarray | None]:
+    """:func:`score_volume` and the labels it counted (``labels`` without what the rules excluded; None
+    in threshold mode): for callers that need both, without running the rules twice."""
     excluded: list[tuple[Lesion, str]] = []
     if labels is not None:
         for reason, split in _MODEL_RULES:
@@ -242,7 +255,7 @@ def score_volume(
     result = summarise(lesions, geometry, config)
     result.config["calcium_mask"] = "whole_slice" if labels is None else "labels>0"
     result.excluded_lesions = excluded
-    return result
+    return result, labels
 
 
 def scored_labels(hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig) -> np.ndarray:
