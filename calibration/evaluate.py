@@ -115,7 +115,8 @@ class Counts:
 def run_engine_path(models: Any, hu: np.ndarray, geometry: Any, agatston: Any) -> PrecisionResult:
     """Filter → segment flagged slices (around their flagged patches, when the models tile) → Agatston,
     as the pipeline does (unflagged slices: no calcium). ``labels`` are what was scored: the calcium of
-    lesions the claim rule or the skeletal check excluded is taken out of them."""
+    lesions the model-mode rules excluded (claim rule, skeletal check, bone distance, cardiac levels) is
+    taken out of them."""
     from cacstream.engine.scoring.agatston import score_volume_and_labels
 
     t0 = time.perf_counter()

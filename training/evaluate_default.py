@@ -296,19 +296,27 @@ def evaluate_heldout(models: Any, cases: Any, n: int, quiet: bool = False) -> tu
 
 @dataclass
 class CocaScan:
-    """One COCA scan with its reference total: the ROIs' Agatston (gated; ``roi_labels`` kept) or the
-    expert's per-artery sum (non-gated)."""
+    """One COCA scan with its reference: the ROIs' Agatston (gated; ``roi_labels`` and the slices of
+    the ROI lesions kept) or the expert's per-artery scores (non-gated)."""
 
     kind: str  # "gated" or "non-gated"
     name: str
     volume: Any
     reference_total: float
-    roi_labels: np.ndarray | None
+    reference_per_artery: dict[str, float]
+    roi_labels: np.ndarray | None = None
+    roi_lesion_slices: np.ndarray | None = None  # bool per slice (gated)
+
+    @property
+    def reference_risk(self) -> str:
+        from cacstream.engine.domain import risk_category
+
+        return risk_category(self.reference_total)
 
 
 def coca_scans(root: Path) -> Iterator[CocaScan]:
-    """The COCA scans under ``root``, gated first, each with its reference (what the choice scripts
-    print next to the model's totals)."""
+    """The COCA scans under ``root``, gated first, each with its reference (what the held-out report and
+    the choice scripts print next to the model's scores)."""
     from cacstream.engine.config import AgatstonConfig
     from cacstream.engine.scoring.agatston import score_volume
     from cacstream.training.data import coca
@@ -316,60 +324,47 @@ def coca_scans(root: Path) -> Iterator[CocaScan]:
     ref_cfg = AgatstonConfig().for_reference_labels()
     for pid in coca.list_gated_patients(root):
         c = coca.load_gated_patient(root, pid)
-        ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, ref_cfg).agatston_total
-        yield CocaScan("gated", f"gated {pid}", c.volume, float(ref), c.labels)
+        ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, ref_cfg)
+        slices = np.zeros(c.volume.hu.shape[0], bool)
+        slices[[les.slice_index for les in ref.lesions]] = True
+        yield CocaScan("gated", f"gated {pid}", c.volume, float(ref.agatston_total),
+                       {a: float(ref.agatston_per_artery[a]) for a in ARTERIES}, c.labels, slices)
     expert = coca.load_nongated_scores(root)
     for pid in coca.list_nongated_patients(root):
         n = coca.load_nongated_patient(root, pid)
         r = expert.get(pid, n.expected_scores)
-        total = float(r.get("total", sum(v for k, v in r.items() if k != "total")))
-        yield CocaScan("non-gated", f"non-gated {n.sheet_id}", n.volume, total, None)
+        total = float(r.get("total", sum(r.get(a, 0.0) for a in ARTERIES)))
+        yield CocaScan("non-gated", f"non-gated {n.sheet_id}", n.volume, total,
+                       {a: float(r.get(a, 0.0)) for a in ARTERIES})
 
 
 def evaluate_coca(models: Any, root: Path) -> list[dict[str, Any]]:
     """Per COCA scan: model per-artery Agatston and risk next to the reference."""
     from cacstream.calibration.evaluate import run_engine_path
     from cacstream.engine.config import AgatstonConfig
-    from cacstream.engine.domain import risk_category
-    from cacstream.engine.scoring.agatston import score_volume
-    from cacstream.training.data import coca
 
     cfg = AgatstonConfig()
     out = []
-    for pid in coca.list_gated_patients(root):
-        c = coca.load_gated_patient(root, pid)
-        ref = score_volume(c.volume.hu, c.volume.geometry, c.labels, cfg.for_reference_labels())
-        res = run_engine_path(models, c.volume.hu, c.volume.geometry, cfg)
-        roi_slices = np.zeros(c.volume.hu.shape[0], bool)
-        for les in ref.lesions:
-            roi_slices[les.slice_index] = True
-        conf = new_conf()
-        add_conf(conf, res.flags, roi_slices)
-        out.append({
-            "scan": f"gated {pid}", "reference": "ROI interiors (Agatston of the COCA ROIs)",
-            "slices": int(c.volume.hu.shape[0]), "thickness_mm": float(c.volume.geometry.slice_thickness_mm),
-            "reference_per_artery": {a: float(ref.agatston_per_artery[a]) for a in ARTERIES},
-            "reference_total": float(ref.agatston_total), "reference_risk": ref.risk_category,
+    for scan in coca_scans(root):
+        hu, g = scan.volume.hu, scan.volume.geometry
+        res = run_engine_path(models, hu, g, cfg)
+        row = {
+            "scan": scan.name,
+            "reference": ("ROI interiors (Agatston of the COCA ROIs)" if scan.kind == "gated"
+                          else "expert per-artery Agatston (scores.xlsx)"),
+            "slices": int(hu.shape[0]), "thickness_mm": float(g.slice_thickness_mm),
+            "reference_per_artery": scan.reference_per_artery,
+            "reference_total": scan.reference_total, "reference_risk": scan.reference_risk,
             "model_per_artery": {a: float(res.agatston_per_artery[a]) for a in ARTERIES},
             "model_total": res.agatston_total, "model_risk": res.risk,
-            "slices_flagged": int(res.flags.sum()), "reference_slices": int(roi_slices.sum()),
-            "filter_vs_roi_slices": conf, "seconds": round(res.seconds, 2),
-        })
-    expert = coca.load_nongated_scores(root)
-    for pid in coca.list_nongated_patients(root):
-        n = coca.load_nongated_patient(root, pid)
-        res = run_engine_path(models, n.volume.hu, n.volume.geometry, cfg)
-        ref = expert.get(pid, n.expected_scores)
-        total = float(ref.get("total", sum(ref.get(a, 0.0) for a in ARTERIES)))
-        out.append({
-            "scan": f"non-gated {n.sheet_id}", "reference": "expert per-artery Agatston (scores.xlsx)",
-            "slices": int(n.volume.hu.shape[0]), "thickness_mm": float(n.volume.geometry.slice_thickness_mm),
-            "reference_per_artery": {a: float(ref.get(a, 0.0)) for a in ARTERIES},
-            "reference_total": total, "reference_risk": risk_category(total),
-            "model_per_artery": {a: float(res.agatston_per_artery[a]) for a in ARTERIES},
-            "model_total": res.agatston_total, "model_risk": res.risk,
-            "slices_flagged": int(res.flags.sum()), "seconds": round(res.seconds, 2),
-        })
+            "slices_flagged": int(res.flags.sum()),
+        }
+        if scan.roi_lesion_slices is not None:
+            conf = new_conf()
+            add_conf(conf, res.flags, scan.roi_lesion_slices)
+            row.update({"reference_slices": int(scan.roi_lesion_slices.sum()), "filter_vs_roi_slices": conf})
+        row["seconds"] = round(res.seconds, 2)
+        out.append(row)
     return out
 
 

@@ -260,9 +260,9 @@ def score_volume_and_labels(
 
 def scored_labels(hu: np.ndarray, geometry: Geometry, labels: np.ndarray, config: AgatstonConfig) -> np.ndarray:
     """The labels :func:`score_volume` counts: ``labels`` without what the model-mode rules exclude."""
-    for _, split in _MODEL_RULES:
-        labels, _ = split(hu, geometry, labels, config)
-    return labels
+    counted = score_volume_and_labels(hu, geometry, labels, config)[1]
+    assert counted is not None  # labels were given
+    return counted
 
 
 def split_partial(
