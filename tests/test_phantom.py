@@ -314,16 +314,21 @@ def test_cli_passes_the_realism_options_and_rejects_bad_ones(tmp_path, capsys):
     base = ["--series", "1", "--seed", "6", "--kind", "cardiac_gated", "--matrix", "64", "--calcium-category", "101-400"]
     assert cmd.run(parser.parse_args([str(tmp_path / "plain"), *base])) == 0
     assert cmd.run(parser.parse_args([str(tmp_path / "lean"), *base, "--lean-coronary-fat-probability", "1",
-                                      "--cartilage-foci-probability", "1"])) == 0
+                                      "--cartilage-foci-probability", "1", "--aortic-calcium-probability", "1",
+                                      "--aortic-part-weights", "1", "0", "0", "--valve-calcium-probability", "0.5"])) == 0
     (plain,), (lean,) = (list((tmp_path / k).glob("phantom_*")) for k in ("plain", "lean"))
     config = json.loads((lean / "truth.json").read_text())["config"]
     assert config["lean_coronary_fat_probability"] == 1.0 and config["cartilage_foci_probability"] == 1.0
+    assert config["aortic_calcium_probability"] == 1.0 and config["aortic_part_weights"] == [1.0, 0.0, 0.0]
+    assert config["valve_calcium_probability"] == 0.5
     assert json.loads((plain / "truth.json").read_text())["config"]["lean_coronary_fat_probability"] == 0.0
     a, b = (np.stack([pydicom.dcmread(f).pixel_array for f in sorted(d.glob("*.dcm"))]) for d in (plain, lean))
     assert a.shape == b.shape and not np.array_equal(a, b)
     capsys.readouterr()
     assert cmd.run(parser.parse_args([str(tmp_path / "bad"), *base, "--lean-coronary-fat-probability", "1.5"])) == 2
     assert "lean_coronary_fat_probability must be within 0..1" in capsys.readouterr().err
+    assert cmd.run(parser.parse_args([str(tmp_path / "bad"), *base, "--aortic-part-weights", "0", "0", "0"])) == 2
+    assert "aortic_part_weights" in capsys.readouterr().err
 
 
 def test_label_definition_on_a_hand_made_case():
@@ -434,3 +439,37 @@ def test_no_lean_sleeves_draws_nothing() -> None:
 def test_lean_coronary_fat_probability_is_validated() -> None:
     with pytest.raises(ValueError, match="lean_coronary_fat_probability"):
         PhantomConfig(lean_coronary_fat_probability=-0.1)
+
+
+def _aortic_parts(seed: int, weights: tuple[float, float, float]) -> list[int]:
+    """The aortic part (0 root / ascending, 1 arch, 2 descending) nearest to each aortic plaque's centre."""
+    plan = plan_phantom(seed, PhantomConfig(kind="chest", aortic_calcium_probability=1.0, aortic_part_weights=weights),
+                        detail=False)
+    v = plan.patient.vessels
+    return [int(v.aorta_part[np.linalg.norm(v.aorta - np.array(p.center), axis=1).argmin()])
+            for p in plan.plaques if p.kind == "aortic"]
+
+
+@pytest.mark.parametrize("part", [0, 1, 2])
+def test_aortic_part_weights_place_the_wall_calcium(part: int) -> None:
+    """All the odds on one part put every aortic plaque on that part's wall (a plaque's centre lies on
+    the wall, so the nearest centreline point is of its own part, away from the joins)."""
+    weights = tuple(1.0 if k == part else 0.0 for k in range(3))
+    parts = [q for seed in (3, 4, 5, 6) for q in _aortic_parts(seed, weights)]
+    assert len(parts) >= 4
+    assert sum(q == part for q in parts) >= 0.9 * len(parts), parts
+
+
+def test_default_aortic_part_weights_keep_every_phantom() -> None:
+    """The default odds are those the generator always used: naming them changes no plaque."""
+    a = plan_phantom(9, PhantomConfig(kind="chest", aortic_calcium_probability=1.0), detail=False)
+    b = plan_phantom(9, PhantomConfig(kind="chest", aortic_calcium_probability=1.0,
+                                      aortic_part_weights=(0.2, 0.35, 0.45)), detail=False)
+    assert [p.center for p in a.plaques] == [p.center for p in b.plaques]
+    assert PhantomConfig(aortic_part_weights=[1, 0, 0]).aortic_part_weights == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 0.0), (0.0, 0.0, 0.0), (-1.0, 1.0, 1.0)])
+def test_aortic_part_weights_are_validated(weights: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="aortic_part_weights"):
+        PhantomConfig(aortic_part_weights=weights)

@@ -59,6 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "pad, so plaques sit in surroundings like real ones (COCA ROI plaques: 40 %% fat around "
                              "them, default phantoms 89 %%). Default 0 (unchanged series); an experiment, not the "
                              "default weights' data (docs/models.md, 'Why the real plaques are missed').")
+    parser.add_argument("--aortic-calcium-probability", type=float, default=0.45,
+                        help="Chance that the aorta carries wall calcium (default 0.45, as in the default weights' "
+                             "data; raised further with a high coronary burden). Raise it for a hard-negative set.")
+    parser.add_argument("--aortic-part-weights", type=float, nargs=3, default=(0.2, 0.35, 0.45),
+                        metavar=("ROOT", "ARCH", "DESCENDING"),
+                        help="Relative odds that an aortic wall plaque lies on the root / ascending aorta, the arch "
+                             "or the descending aorta (default 0.2 0.35 0.45). Root calcium sits at the coronary "
+                             "ostia's levels and is the aortic calcium the v1.3 U-Net labels LM; favour it "
+                             "(e.g. 0.7 0.15 0.15) for a hard-negative training set (docs/models.md).")
+    parser.add_argument("--valve-calcium-probability", type=float, default=0.15,
+                        help="Chance of mitral-annulus calcium and, separately, of aortic-valve calcium (default "
+                             "0.15 each): non-coronary calcium beside the LCX and the coronary ostia.")
     parser.add_argument("--transfer-syntax", default="explicit_le",
                         help="DICOM transfer syntax of the files: explicit_le (default, recommended), "
                              "implicit_le, deflated_le, or a lossless compressed one (rle, jpeg_ls, "
@@ -111,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
     cfg_kwargs = {"kind": args.kind, "matrix": args.matrix, "thickness_mm": args.thickness,
                   "calcium_category": args.calcium_category, "ideal": args.ideal,
                   "cartilage_foci_probability": args.cartilage_foci_probability,
-                  "lean_coronary_fat_probability": args.lean_coronary_fat_probability}
+                  "lean_coronary_fat_probability": args.lean_coronary_fat_probability,
+                  "aortic_calcium_probability": args.aortic_calcium_probability,
+                  "aortic_part_weights": tuple(args.aortic_part_weights),
+                  "valve_calcium_probability": args.valve_calcium_probability}
     try:
         config = PhantomConfig(**cfg_kwargs)
         from cacstream.training.dicom_writer import transfer_syntax_uid

@@ -35,6 +35,10 @@ class PhantomConfig:
             faint or moving plaque can stay below 130 HU / 1 mm²). The realised category is computed
             from the image.
         aortic_calcium_probability: chance that the aorta carries wall calcium.
+        aortic_part_weights: relative odds that one aortic wall plaque lies on the root / ascending
+            aorta, the arch, or the descending aorta. The default (0.2, 0.35, 0.45) follows where
+            aortic calcium is common; a hard-negative training set can favour the root, whose wall
+            calcium lies at the coronary ostia' levels and is what the v1.3 U-Net labels LM.
         valve_calcium_probability: chance of mitral-annulus / aortic-valve calcium (hard negatives
             close to the coronaries).
         noise: add quantum noise (spatially correlated like the scanner kernel's NPS).
@@ -71,6 +75,7 @@ class PhantomConfig:
     z_coverage_mm: float | None = None
     calcium_category: str | None = None
     aortic_calcium_probability: float = 0.45
+    aortic_part_weights: tuple[float, float, float] = (0.2, 0.35, 0.45)
     valve_calcium_probability: float = 0.15
     noise: bool = True
     noise_scale: float = 1.0
@@ -100,8 +105,15 @@ class PhantomConfig:
             raise ValueError(f"calcium_category must be one of {RISK_CATEGORIES}, got {self.calcium_category!r}")
         if self.z_coverage_mm is not None and self.z_coverage_mm <= 0:
             raise ValueError("z_coverage_mm must be > 0")
+        for name in ("aortic_calcium_probability", "valve_calcium_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
         if self.noise_scale < 0:
             raise ValueError("noise_scale must be >= 0")
+        object.__setattr__(self, "aortic_part_weights", tuple(float(w) for w in self.aortic_part_weights))
+        if len(self.aortic_part_weights) != 3 or min(self.aortic_part_weights) < 0 or sum(self.aortic_part_weights) <= 0:
+            raise ValueError("aortic_part_weights must be three non-negative odds (root/ascending, arch, "
+                             f"descending) with a positive sum, got {self.aortic_part_weights}")
         if not 0.0 <= self.cartilage_foci_probability <= 1.0:
             raise ValueError(f"cartilage_foci_probability must be within 0..1, got {self.cartilage_foci_probability}")
         if not 0.0 <= self.lean_coronary_fat_probability <= 1.0:
@@ -112,4 +124,5 @@ class PhantomConfig:
         """Plain-JSON form for the truth file."""
         d = dataclasses.asdict(self)
         d["pixel_spacing_range_mm"] = list(self.pixel_spacing_range_mm)
+        d["aortic_part_weights"] = list(self.aortic_part_weights)
         return d

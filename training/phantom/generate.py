@@ -157,7 +157,8 @@ def plan_phantom(seed: int, config: PhantomConfig | None = None, detail: bool = 
 
     category = draw_category(rng["plaques"], config.calcium_category)
     coronary = draw_coronary_plaques(rng["plaques"], patient.arteries, category)
-    aortic = draw_aortic_plaques(rng["plaques"], patient.vessels, config.aortic_calcium_probability, category)
+    aortic = draw_aortic_plaques(rng["plaques"], patient.vessels, config.aortic_calcium_probability, category,
+                                 config.aortic_part_weights)
     valve = draw_valve_plaques(rng["plaques"], patient.heart, patient.arteries, config.valve_calcium_probability)
 
     inc = protocol.increment_mm

@@ -131,13 +131,17 @@ def draw_coronary_plaques(rng: np.random.Generator, arteries: dict[str, Artery],
     return out
 
 
-def draw_aortic_plaques(rng: np.random.Generator, vessels: GreatVessels, probability: float, burden: str) -> list[Plaque]:
-    """Aortic wall calcium (arch and descending aorta mostly, sometimes the root) — not coronary."""
+def draw_aortic_plaques(rng: np.random.Generator, vessels: GreatVessels, probability: float, burden: str,
+                        part_weights: tuple[float, float, float] = (0.2, 0.35, 0.45)) -> list[Plaque]:
+    """Aortic wall calcium (arch and descending aorta mostly, sometimes the root) — not coronary.
+
+    ``part_weights``: relative odds of the root / ascending aorta, the arch and the descending aorta.
+    """
     p = min(1.0, probability * (1.4 if burden in ("101-400", ">400") else 0.8 if burden == "0" else 1.0))
     if rng.random() >= p:
         return []
     n = int(rng.integers(1, 9))
-    part_w = np.array([0.2, 0.35, 0.45])
+    part_w = np.asarray(part_weights, dtype=float) / float(sum(part_weights))
     out = []
     for _ in range(n):
         part = int(rng.choice(3, p=part_w))
